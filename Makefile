@@ -1,0 +1,36 @@
+# datacomp — every target creates .venv when it is missing and installs the project into it.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+export HF_HUB_OFFLINE := 1
+export NO_ALBUMENTATIONS_UPDATE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+DEMO_DIR ?= demo
+DEMO_SCALE ?= synth_demo
+DEMO_RECIPES ?= no_filter,basic_filter,clip_score_l14_30
+SEED ?= 0
+
+.PHONY: all install demo test test-fast bench clean
+
+all: test
+
+$(BIN)/datacomp: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(BIN)/datacomp
+
+demo: install
+	$(BIN)/datacomp run --scale $(DEMO_SCALE) --workdir $(DEMO_DIR) --recipes $(DEMO_RECIPES) --seed $(SEED)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR)

@@ -1,0 +1,1 @@
+"""Every on-disk artefact: its schema, readers, writers and validation."""

@@ -1,0 +1,140 @@
+"""Stage manifests and per-unit completion markers.
+
+A stage writes one directory. Each finished unit of work (a shard) leaves a marker
+``.done/<unit>.json`` holding what the unit produced; ``manifest.json`` (parameters, input
+digests, package version, counts, timings) is written last and atomically, so its presence means
+the whole stage is complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import FormatError, StageConflictError
+from .atomic import write_json
+
+MANIFEST_NAME = "manifest.json"
+MARKER_DIR = ".done"
+
+
+@dataclass
+class Manifest:
+    stage: str
+    params: dict[str, Any]
+    inputs: dict[str, str] = field(default_factory=dict)  # name -> digest of the input's manifest
+    counts: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    version: str = __version__
+    created: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "version": self.version,
+            "params": self.params,
+            "inputs": self.inputs,
+            "counts": self.counts,
+            "timings": self.timings,
+            "created": self.created,
+            **self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Manifest":
+        known = {"stage", "version", "params", "inputs", "counts", "timings", "created"}
+        return cls(
+            stage=d["stage"],
+            params=d.get("params", {}),
+            inputs=d.get("inputs", {}),
+            counts=d.get("counts", {}),
+            timings=d.get("timings", {}),
+            extra={k: v for k, v in d.items() if k not in known},
+            version=d.get("version", ""),
+            created=d.get("created", 0.0),
+        )
+
+
+def manifest_path(out_dir: str | os.PathLike) -> Path:
+    return Path(out_dir) / MANIFEST_NAME
+
+
+def write_manifest(out_dir: str | os.PathLike, manifest: Manifest) -> Path:
+    path = manifest_path(out_dir)
+    write_json(path, manifest.to_json())
+    return path
+
+
+def read_manifest(out_dir: str | os.PathLike) -> Manifest | None:
+    path = manifest_path(out_dir)
+    if not path.is_file():
+        return None
+    try:
+        return Manifest.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError) as e:
+        raise FormatError(f"{path}: corrupt stage manifest: {e}") from None
+
+
+def manifest_digest(out_dir: str | os.PathLike) -> str:
+    """sha256 of a stage's manifest file: the identity of that stage's output."""
+    path = manifest_path(out_dir)
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
+
+
+def check_reusable(out_dir: str | os.PathLike, stage: str, params: dict[str, Any], overwrite: bool) -> Manifest | None:
+    """Return the existing manifest when ``out_dir`` already holds this stage with these params.
+
+    A complete output made with other parameters raises StageConflictError unless ``overwrite``.
+    With ``overwrite`` the old manifest and markers are removed so the stage runs again.
+    """
+    existing = read_manifest(out_dir)
+    if existing is None:
+        return None
+    same = existing.stage == stage and _normalise(existing.params) == _normalise(params)
+    if same and not overwrite:
+        return existing
+    if not overwrite:
+        raise StageConflictError(
+            f"{manifest_path(out_dir)}: holds a complete '{existing.stage}' output made with other parameters; "
+            "pass --overwrite to replace it"
+        )
+    manifest_path(out_dir).unlink()
+    clear_markers(out_dir)
+    return None
+
+
+def _normalise(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+# ---- completion markers -------------------------------------------------------------------------
+
+def marker_path(out_dir: str | os.PathLike, unit: str) -> Path:
+    return Path(out_dir) / MARKER_DIR / f"{unit}.json"
+
+
+def mark_done(out_dir: str | os.PathLike, unit: str, info: dict[str, Any] | None = None) -> None:
+    write_json(marker_path(out_dir, unit), info or {}, indent=None)
+
+
+def read_marker(out_dir: str | os.PathLike, unit: str) -> dict[str, Any] | None:
+    path = marker_path(out_dir, unit)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # a torn marker cannot exist (atomic write); treat anything odd as not done
+
+
+def clear_markers(out_dir: str | os.PathLike) -> None:
+    d = Path(out_dir) / MARKER_DIR
+    if d.is_dir():
+        for p in d.iterdir():
+            p.unlink()
