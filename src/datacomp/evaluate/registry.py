@@ -1,0 +1,112 @@
+"""The evaluation task registry: ``resources/tasks.yaml`` as typed objects.
+
+Two suites: ``datacomp`` (the reference's 40 tasks, 38 of them scored) and ``synth`` (every task
+whose key starts with ``synth/``: the embedded world's analogues).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any
+
+import yaml
+
+from ..config import resource_path
+from ..errors import ConfigError
+
+TASK_TYPES = ("zeroshot_classification", "retrieval", "winogavil", "fairness")
+SUITES = ("datacomp", "synth")
+SYNTH_PREFIX = "synth/"
+
+
+@dataclass(frozen=True)
+class Task:
+    key: str
+    name: str
+    short: str
+    type: str
+    main_metric: str | None
+    group: str
+    size: int | None = None
+    classes: int | None = None
+    chance: float | None = None
+
+    @property
+    def dirname(self) -> str:
+        """Eval-set directory name (clip_benchmark convention: '/' -> '-')."""
+        return task_dirname(self.key)
+
+    @property
+    def suite(self) -> str:
+        return "synth" if self.key.startswith(SYNTH_PREFIX) else "datacomp"
+
+    @property
+    def scored(self) -> bool:
+        return self.main_metric is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Registry:
+    version: int
+    tasks: tuple[Task, ...]
+    aggregates: dict[str, dict[str, list[str]]]  # suite -> aggregate name -> groups
+
+
+def task_dirname(key: str) -> str:
+    return key.replace("/", "-")
+
+
+@lru_cache(maxsize=None)
+def load_registry() -> Registry:
+    path = resource_path("tasks.yaml")
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    if not isinstance(raw, dict) or "version" not in raw or "tasks" not in raw:
+        raise ConfigError(f"{path}: task registry needs 'version' and 'tasks'")
+    tasks = []
+    seen = set()
+    for t in raw["tasks"]:
+        task = Task(**t)
+        if task.type not in TASK_TYPES:
+            raise ConfigError(f"{path}: task {task.key}: unknown type '{task.type}'")
+        if task.key in seen:
+            raise ConfigError(f"{path}: task {task.key} listed twice")
+        seen.add(task.key)
+        tasks.append(task)
+    aggregates = {s: dict(v.get("aggregates", {})) for s, v in (raw.get("suites") or {}).items()}
+    return Registry(version=int(raw["version"]), tasks=tuple(tasks), aggregates=aggregates)
+
+
+def registry_version() -> int:
+    return load_registry().version
+
+
+def load_tasks(suite: str | None = None) -> list[Task]:
+    """Every task in registry order, or those of one suite ('datacomp' or 'synth')."""
+    tasks = list(load_registry().tasks)
+    if suite is None:
+        return tasks
+    if suite not in SUITES:
+        raise ConfigError(f"unknown task suite '{suite}' (known: {', '.join(SUITES)})")
+    return [t for t in tasks if t.suite == suite]
+
+
+def get_task(key: str) -> Task:
+    for t in load_registry().tasks:
+        if t.key == key:
+            return t
+    raise ConfigError(f"unknown task '{key}' (see `datacomp info tasks`)")
+
+
+def suite_of(key: str) -> str:
+    return "synth" if key.startswith(SYNTH_PREFIX) else "datacomp"
+
+
+def suite_aggregates(suite: str) -> dict[str, list[str]]:
+    """Aggregate name -> the task groups it averages, for one suite."""
+    if suite not in SUITES:
+        raise ConfigError(f"unknown task suite '{suite}' (known: {', '.join(SUITES)})")
+    return dict(load_registry().aggregates.get(suite, {}))
