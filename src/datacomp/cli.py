@@ -66,6 +66,9 @@ def cmd_filter(a: argparse.Namespace) -> int:
         return 0
     if not (a.pool and a.recipe and a.out):
         raise DatacompError("filter needs --pool, --recipe and --out (or --list)")
+    from .formats.pool import validate_pool
+
+    validate_pool(a.pool)  # readable parquets with uids, npz row counts = parquet row counts
     summary = run_filter(Path(a.pool), a.recipe, Path(a.out), overrides=_parse_sets(a.set),
                          executor=a.executor, workers=a.workers)
     _print_filter_summary(summary)

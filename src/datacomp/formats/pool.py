@@ -149,3 +149,48 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     merged.update(arrays)
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez_compressed(tmp, **merged)
+
+
+def npz_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Shapes of the arrays in an npz, read from the member headers only (no decompression of data)."""
+    path = Path(path)
+    shapes: dict[str, tuple[int, ...]] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name in zf.namelist():
+                if not name.endswith(".npy"):
+                    continue
+                with zf.open(name) as f:
+                    major, _minor = np.lib.format.read_magic(f)
+                    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shape, _, _ = read_header(f)
+                shapes[name[: -len(".npy")]] = tuple(shape)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise FormatError(f"{path}: cannot read npz: {e}") from None
+    return shapes
+
+
+def validate_pool(pool: str | os.PathLike, columns: Sequence[str] = ("uid",)) -> list[Path]:
+    """Cheap structural check of a pool's metadata before a stage runs.
+
+    Every parquet must be readable and have ``columns``; every npz beside a parquet must have the
+    parquet's row count in each array. Returns the parquet list. Reads footers and headers only.
+    """
+    require_pool_dir(pool)
+    parquets = list_parquets(pool)
+    for p in parquets:
+        try:
+            pf = pq.ParquetFile(p)
+        except Exception as e:
+            raise FormatError(f"{p}: cannot read parquet: {e}") from None
+        names = set(pf.schema_arrow.names)
+        for col in columns:
+            if col not in names:
+                raise FormatError(f"{p}: parquet has no '{col}' column")
+        z = npz_path(p)
+        if z.is_file():
+            rows = pf.metadata.num_rows
+            for key, shape in npz_shapes(z).items():
+                if not shape or shape[0] != rows:
+                    raise FormatError(f"{z}: npz key '{key}' has {shape[0] if shape else 0} rows but {p.name} has {rows}")
+    return parquets
