@@ -1,0 +1,497 @@
+"""Run a recipe over a pool: score columns per shard (cached), global passes, keep rules, subset.
+
+Plan of a run (each pass is a set of per-shard units with completion markers, so a killed run
+resumes where it stopped):
+
+1. for each global step, in order: a map pass over every parquet (computing — or loading from the
+   score cache — the columns it needs) and a reduce in this process; the values are saved in the
+   work directory and recorded in the sidecar;
+2. a select pass: every parquet's score columns, the keep rules, and the kept uids as a small
+   ``.npy`` part plus per-rule counts;
+3. the parts are concatenated, sorted and written as the subset (atomically), then the sidecar.
+
+Only one score column of the whole pool is ever held in memory (by a quantile's reduce).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .. import __version__
+from ..errors import ConfigError, FormatError, InputError
+from ..executors import Unit, run_units
+from ..formats.atomic import atomic_path, write_json
+from ..formats.manifest import manifest_digest
+from ..formats.pool import list_parquets, npz_path, parquet_num_rows, read_metadata
+from ..formats.uids import SUBSET_DTYPE, make_subset, uids_to_pairs, write_subset
+from .recipe import Recipe, Rule, load_recipe
+from .registry import GlobalOp, OpParamError, ShardContext, ShardOp
+
+log = logging.getLogger(__name__)
+
+SIDECAR_VERSION = 1
+
+
+# ---- per-shard column store ----------------------------------------------------------------------
+
+def _fingerprint(paths: list[Path]) -> str:
+    parts = []
+    for p in paths:
+        try:
+            st = p.stat()
+            parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
+        except FileNotFoundError:
+            parts.append(f"{p.name}:missing")
+    return ";".join(parts)
+
+
+def _op_sources(op: ShardOp, parquet: Path) -> list[Path]:
+    sources = [parquet]
+    if getattr(op, "args", {}).get("source") == "npz":
+        sources.append(npz_path(parquet))
+    return sources
+
+
+class ShardColumns:
+    """The columns of one shard: parquet columns and step outputs, computed lazily, cached on disk.
+
+    ``prepare(names)`` works out which parquet columns the missing (uncached) steps need and reads
+    them in one go; ``get(name)`` returns a column as a pyarrow array.
+    """
+
+    def __init__(self, parquet: Path, steps: list[ShardOp], cache_dir: Path | None, globals_: dict[str, Any]):
+        self.parquet = Path(parquet)
+        self.steps = steps
+        self.cache_dir = cache_dir
+        self.num_rows = parquet_num_rows(self.parquet)
+        self.ctx = ShardContext(self.parquet, self.num_rows, dict(globals_))
+        self.producer: dict[str, ShardOp] = {c: op for op in steps for c in op.outputs()}
+        self.index: dict[int, int] = {id(op): i for i, op in enumerate(steps)}
+        self.columns: dict[str, pa.Array] = {}
+        self.raw: dict[str, pa.Array] = {}
+        self.stats: dict[str, dict[str, int]] = {}
+        self._valid: dict[str, bool] = {}
+        self._uid_digest: str | None = None
+
+    # cache files ------------------------------------------------------------------------------
+    def _cache_path(self, op: ShardOp) -> Path | None:
+        if self.cache_dir is None or not op.cache:
+            return None
+        return self.cache_dir / op.cache_key() / f"{self.parquet.stem}.parquet"
+
+    def _cache_fingerprint(self, op: ShardOp) -> str:
+        """What a cached score depends on: the parquet's uids (a uid is a hash of url and text, so
+        rewriting the parquet with new score columns keeps the cache valid) and any other source
+        file (an npz) by size and modification time."""
+        if self._uid_digest is None:
+            self._read_raw(["uid"])
+            uids = self.raw["uid"].fill_null("").to_pylist()
+            self._uid_digest = hashlib.sha256("\n".join(uids).encode()).hexdigest()[:16]
+        others = _op_sources(op, self.parquet)[1:]
+        return f"uids:{self._uid_digest}:{self.num_rows}" + (";" + _fingerprint(others) if others else "")
+
+    def _cache_valid(self, op: ShardOp) -> bool:
+        key = op.cache_key() if op.cache else op.name
+        if key in self._valid:
+            return self._valid[key]
+        path = self._cache_path(op)
+        ok = False
+        if path is not None and path.is_file():
+            try:
+                meta = pq.read_schema(path).metadata or {}
+                ok = (meta.get(b"fingerprint", b"").decode() == self._cache_fingerprint(op)
+                      and int(meta.get(b"rows", b"-1")) == self.num_rows)
+            except Exception:  # a damaged cache file is just a miss
+                ok = False
+        self._valid[key] = ok
+        return ok
+
+    def _write_cache(self, op: ShardOp, values: dict[str, pa.Array]) -> None:
+        path = self._cache_path(op)
+        if path is None:
+            return
+        table = pa.table(values).replace_schema_metadata({
+            "fingerprint": self._cache_fingerprint(op),
+            "rows": str(self.num_rows),
+            "op": json.dumps(op.spec(), default=str),
+        })
+        try:
+            with atomic_path(path, suffix=".parquet") as tmp:
+                pq.write_table(table, tmp, compression="zstd")
+        except OSError as e:  # a read-only cache location slows re-runs but is not an error
+            log.warning("%s: cannot write score cache: %s", path, e)
+
+    # column access ----------------------------------------------------------------------------
+    def _producer(self, name: str, before: int | None = None) -> ShardOp | None:
+        """The step making ``name`` (only steps before index ``before`` when given), else None: a
+        parquet column. A step may read a parquet column of the same name as its output."""
+        op = self.producer.get(name)
+        if op is not None and before is not None and self.index[id(op)] >= before:
+            return None
+        return op
+
+    def _need_raw(self, name: str, acc: set[str], seen: set[tuple[str, int | None]], before: int | None = None) -> None:
+        if (name, before) in seen:
+            return
+        seen.add((name, before))
+        op = self._producer(name, before)
+        if op is None:
+            if name not in self.raw:
+                acc.add(name)
+            return
+        if name in self.columns or (op.cache and self._cache_valid(op)):
+            return
+        for c in op.inputs():
+            self._need_raw(c, acc, seen, self.index[id(op)])
+
+    def prepare(self, names: list[str]) -> None:
+        acc: set[str] = set()
+        seen: set[tuple[str, int | None]] = set()
+        for n in names:
+            self._need_raw(n, acc, seen)
+        self._read_raw(sorted(acc))
+
+    def _read_raw(self, names: list[str]) -> None:
+        names = [n for n in names if n not in self.raw]
+        if not names:
+            return
+        table = read_metadata(self.parquet, names)
+        if table.num_rows != self.num_rows:
+            raise FormatError(f"{self.parquet}: read {table.num_rows} rows, metadata says {self.num_rows}")
+        for n in names:
+            self.raw[n] = table.column(n).combine_chunks()
+
+    def get(self, name: str, before: int | None = None) -> pa.Array:
+        op = self._producer(name, before)
+        if op is None:
+            self._read_raw([name])
+            return self.raw[name]
+        if name not in self.columns:
+            self._run_op(op)
+        return self.columns[name]
+
+    def numpy(self, name: str) -> np.ndarray:
+        return self.get(name).to_numpy(zero_copy_only=False)
+
+    def _run_op(self, op: ShardOp) -> None:
+        key = op.cache_key() if op.cache else op.name
+        entry = self.stats.setdefault(key, {"computed_rows": 0, "cached_rows": 0})
+        path = self._cache_path(op)
+        if path is not None and self._cache_valid(op):
+            try:
+                table = pq.read_table(path, columns=op.outputs())
+                for c in op.outputs():
+                    self.columns[c] = table.column(c).combine_chunks()
+                entry["cached_rows"] += self.num_rows
+                return
+            except Exception as e:  # damaged cache: recompute
+                log.warning("%s: unreadable score cache (%s); recomputing", path, e)
+        inputs = {c: self.get(c, self.index[id(op)]) for c in op.inputs()}
+        t0 = time.time()
+        out = op.compute(inputs, self.ctx)
+        for c in op.outputs():
+            if c not in out:
+                raise RuntimeError(f"op '{op.name}' did not produce column '{c}'")
+            if len(out[c]) != self.num_rows:
+                raise RuntimeError(f"op '{op.name}' produced {len(out[c])} values for {self.num_rows} rows of {self.parquet}")
+            if isinstance(out[c], pa.ChunkedArray):
+                out[c] = out[c].combine_chunks()
+            self.columns[c] = out[c]
+        entry["computed_rows"] += self.num_rows
+        entry["seconds"] = round(entry.get("seconds", 0.0) + time.time() - t0, 4)
+        self._write_cache(op, {c: self.columns[c] for c in op.outputs()})
+
+
+# ---- rules ---------------------------------------------------------------------------------------
+
+_CMP = {"==": pc.equal, "!=": pc.not_equal, ">": pc.greater, ">=": pc.greater_equal,
+        "<": pc.less, "<=": pc.less_equal}
+
+
+def eval_rule(rule: Rule, column: pa.Array, globals_: dict[str, Any], source: str) -> np.ndarray:
+    """Boolean mask of the rows that satisfy ``rule`` (nulls never do)."""
+    value = globals_[rule.ref] if rule.ref is not None else rule.value
+    try:
+        if rule.op in _CMP:
+            res = _CMP[rule.op](column, pa.scalar(value))
+        else:
+            res = pc.is_in(column, value_set=pa.array(value))
+            if rule.op == "not in":
+                res = pc.invert(res)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+        raise ConfigError(f"{source}: rule '{rule.text}' cannot compare column of type {column.type} "
+                          f"with {value!r}: {e}") from None
+    return np.asarray(res.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+# ---- units (module level: they run in worker processes) ------------------------------------------
+
+def _shard_ops(recipe: Recipe, upto: int | None = None) -> list[ShardOp]:
+    steps = recipe.steps if upto is None else recipe.steps[:upto]
+    return [s.op for s in steps if isinstance(s.op, ShardOp)]
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, arr, allow_pickle=False)
+
+
+def global_map_unit(parquet: str, recipe: Recipe, step_index: int, globals_: dict[str, Any],
+                    cache_dir: str | None, part: str) -> dict[str, Any]:
+    step = recipe.steps[step_index]
+    op = step.op
+    assert isinstance(op, GlobalOp)
+    store = ShardColumns(Path(parquet), _shard_ops(recipe, step_index), Path(cache_dir) if cache_dir else None, globals_)
+    store.prepare([*op.inputs(), *(r.column for r in step.where)])
+    mask = None
+    for r in step.where:
+        m = eval_rule(r, store.get(r.column), globals_, recipe.source)
+        mask = m if mask is None else (mask & m)
+    values = np.asarray(op.map(store, mask))
+    _save_npy(Path(part), values)
+    return {"rows": store.num_rows, "values": int(len(values)), "cache": store.stats}
+
+
+def select_unit(parquet: str, recipe: Recipe, globals_: dict[str, Any], cache_dir: str | None, part: str) -> dict[str, Any]:
+    path = Path(parquet)
+    store = ShardColumns(path, _shard_ops(recipe), Path(cache_dir) if cache_dir else None, globals_)
+    store.prepare(["uid", *(r.column for r in recipe.keep)])
+    uids = store.get("uid")
+    if uids.null_count:
+        raise FormatError(f"{path}: column 'uid' has {uids.null_count} null values")
+    try:
+        pairs = uids_to_pairs(uids.to_numpy(zero_copy_only=False))
+    except ValueError as e:
+        raise FormatError(f"{path}: bad uid: {e}") from None
+    n = store.num_rows
+    alive = np.ones(n, dtype=bool)
+    marginal, sequential = [], []
+    for r in recipe.keep:
+        m = eval_rule(r, store.get(r.column), globals_, recipe.source)
+        marginal.append(int(n - m.sum()))
+        sequential.append(int((alive & ~m).sum()))
+        alive &= m
+    kept = pairs[alive]
+    _save_npy(Path(part), kept)
+    return {"rows": n, "kept": int(len(kept)), "marginal": marginal, "sequential": sequential, "cache": store.stats}
+
+
+# ---- the stage -----------------------------------------------------------------------------------
+
+def pool_parquets(pool: str | os.PathLike) -> tuple[Path, list[Path]]:
+    """(pool root, sorted parquets). ``pool`` is a pool dir (with metadata/) or a dir of parquets."""
+    pool = Path(pool)
+    if not pool.is_dir():
+        raise InputError(f"{pool}: pool directory does not exist")
+    if (pool / "metadata").is_dir():
+        return pool, list_parquets(pool / "metadata")
+    return pool, list_parquets(pool)
+
+
+def default_cache_dir(pool_root: Path, out: Path) -> Path:
+    base = pool_root if (pool_root / "metadata").is_dir() else pool_root / ".datacomp"
+    cand = base / "cache" / "scores"
+    probe = cand
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if os.access(probe, os.W_OK):
+        return cand
+    return out.parent / ".datacomp_cache" / "scores"
+
+
+def _merge_cache_stats(results: list[dict[str, Any]], into: dict[str, dict[str, float]]) -> None:
+    for res in results:
+        for key, st in (res.get("cache") or {}).items():
+            e = into.setdefault(key, {"computed_rows": 0, "cached_rows": 0, "seconds": 0.0})
+            e["computed_rows"] += st.get("computed_rows", 0)
+            e["cached_rows"] += st.get("cached_rows", 0)
+            e["seconds"] = round(e["seconds"] + st.get("seconds", 0.0), 4)
+
+
+def run_filter(
+    pool: str | os.PathLike,
+    recipe: str | os.PathLike,
+    out: str | os.PathLike,
+    overrides: dict[str, Any] | None = None,
+    executor: str = "local",
+    workers: int = 2,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Apply a recipe to a pool; write the subset ``out`` (.npy, sorted ``u8,u8``) and its sidecar.
+
+    Returns the sidecar dict (also written to ``out.with_suffix('.json')``). An up-to-date output
+    (same resolved recipe, same pool files) is reused.
+    """
+    t_start = time.time()
+    plan = load_recipe(recipe, overrides)
+    pool_root, parquets = pool_parquets(pool)
+    out = Path(out)
+    sidecar_path = out.with_suffix(".json")
+    if sidecar_path == out:
+        raise ConfigError(f"{out}: the subset path must not end in .json (the sidecar goes there)")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir(pool_root, out)
+
+    identity = {
+        "version": __version__,
+        "sidecar_version": SIDECAR_VERSION,
+        "recipe": plan.resolved(),
+        "ops": [s.op.cache_key() if isinstance(s.op, ShardOp) else s.op.name for s in plan.steps],
+        "pool": str(pool_root.resolve()),
+        "files": [_fingerprint(_source_files(p, plan)) for p in parquets],
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    if out.is_file() and sidecar_path.is_file():
+        try:
+            old = json.loads(sidecar_path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if old.get("digest") == digest:
+            log.info("%s: up to date (recipe %s), reusing it", out, plan.name)
+            return {**old, "reused": True}
+
+    work = out.parent / f".{out.name}.work"
+    state_path = work / "state.json"
+    state: dict[str, Any] = {}
+    if state_path.is_file():
+        try:
+            state = json.loads(state_path.read_text())
+        except json.JSONDecodeError:
+            state = {}
+        if state.get("digest") != digest:
+            shutil.rmtree(work)
+            state = {}
+    if not state:
+        state = {"digest": digest, "globals": {}, "global_steps_done": []}
+        write_json(state_path, state)
+
+    weights = {str(p): max(1, parquet_num_rows(p)) for p in parquets}
+    cache_stats: dict[str, dict[str, float]] = {}
+    timings: dict[str, float] = {}
+    globals_: dict[str, Any] = dict(state.get("globals", {}))
+    global_records: list[dict[str, Any]] = []
+
+    # 1. global steps -----------------------------------------------------------------------------
+    for i, step in enumerate(plan.steps):
+        if not step.is_global:
+            continue
+        op = step.op
+        assert isinstance(op, GlobalOp)
+        t0 = time.time()
+        if i not in state["global_steps_done"]:
+            partials: list[np.ndarray] = []
+            if op.needs_pool_pass():
+                gdir = work / f"global{i}"
+                units = [Unit(p.stem, (str(p), plan, i, dict(globals_), str(cache), str(gdir / f"{p.stem}.npy")), weights[str(p)])
+                         for p in parquets]
+                res = run_units(global_map_unit, units, gdir, workers=workers, executor=executor,
+                                desc=f"{plan.name}: {op.name}", unit_label="rows")
+                _merge_cache_stats(list(res.values()), cache_stats)
+                partials = [np.load(gdir / f"{p.stem}.npy", allow_pickle=False) for p in parquets]
+            try:
+                values = op.reduce(partials)
+            except OpParamError as e:
+                raise ConfigError(f"{plan.source}: step {i + 1} ({op.name}): {e}") from None
+            del partials
+            globals_.update(values)
+            state["globals"] = globals_
+            state["global_steps_done"].append(i)
+            write_json(state_path, state)
+        timings[f"global{i}_{op.name}"] = round(time.time() - t0, 3)
+        global_records.append({"step": i + 1, "op": op.name, "values": {k: globals_.get(k) for k in _values_of(op, globals_)}})
+
+    # 2. select ---------------------------------------------------------------------------------
+    t0 = time.time()
+    sdir = work / "select"
+    units = [Unit(p.stem, (str(p), plan, dict(globals_), str(cache), str(sdir / f"{p.stem}.npy")), weights[str(p)])
+             for p in parquets]
+    results = run_units(select_unit, units, sdir, workers=workers, executor=executor,
+                        desc=f"{plan.name}: select", unit_label="rows")
+    _merge_cache_stats(list(results.values()), cache_stats)
+    timings["select"] = round(time.time() - t0, 3)
+
+    # 3. subset + sidecar ------------------------------------------------------------------------
+    t0 = time.time()
+    parts = [np.load(sdir / f"{p.stem}.npy", allow_pickle=False) for p in parquets]
+    subset = make_subset(parts) if parts else np.empty(0, dtype=SUBSET_DTYPE)
+    del parts
+    write_subset(out, subset)
+    timings["write"] = round(time.time() - t0, 3)
+
+    rows = sum(r["rows"] for r in results.values())
+    kept = int(len(subset))
+    removed_by = []
+    for j, rule in enumerate(plan.keep):
+        removed_by.append({
+            "rule": rule.text,
+            "marginal": int(sum(r["marginal"][j] for r in results.values())),
+            "sequential": int(sum(r["sequential"][j] for r in results.values())),
+        })
+    timings["total"] = round(time.time() - t_start, 3)
+    sidecar: dict[str, Any] = {
+        "stage": "filter",
+        "version": __version__,
+        "digest": digest,
+        "recipe": plan.name,
+        "recipe_file": plan.source,
+        "resolved": plan.resolved(),
+        "params": plan.params,
+        "overrides": dict(overrides or {}),
+        "pool": str(pool_root),
+        "pool_manifest": manifest_digest(pool_root),
+        "subset": str(out),
+        "globals": globals_,
+        "global_steps": global_records,
+        "counts": {"pool_rows": rows, "kept": kept, "removed": rows - kept, "shards": len(parquets),
+                   "kept_fraction": (kept / rows) if rows else 0.0},
+        "removed_by": removed_by,
+        "cache": {"dir": str(cache), "ops": cache_stats},
+        "timings": timings,
+        "rows_per_second": round(rows / timings["total"], 1) if timings["total"] > 0 else None,
+        "created": time.time(),
+    }
+    write_json(sidecar_path, sidecar)
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("%s: kept %d of %d rows (%.2f%%) -> %s", plan.name, kept, rows, 100 * kept / max(rows, 1), out)
+    return sidecar
+
+
+def _values_of(op: GlobalOp, globals_: dict[str, Any]) -> list[str]:
+    names = op.outputs()
+    return [k for k in globals_ if any(k == n or k.startswith(n + "_") for n in names)]
+
+
+def _source_files(parquet: Path, plan: Recipe) -> list[Path]:
+    files = [parquet]
+    for s in plan.steps:
+        if isinstance(s.op, ShardOp):
+            for f in _op_sources(s.op, parquet)[1:]:
+                if f not in files:
+                    files.append(f)
+    return files
+
+
+def format_summary(sidecar: dict[str, Any]) -> str:
+    """Human-readable summary for the CLI: counts and the removed-by table."""
+    c = sidecar["counts"]
+    lines = [f"recipe {sidecar['recipe']}: kept {c['kept']:,} of {c['pool_rows']:,} rows "
+             f"({100 * c['kept_fraction']:.2f}%) -> {sidecar['subset']}"]
+    for k, v in (sidecar.get("globals") or {}).items():
+        lines.append(f"  {k} = {v}")
+    if sidecar.get("removed_by"):
+        width = max(len(r["rule"]) for r in sidecar["removed_by"])
+        lines.append(f"  {'rule':<{width}}  {'removed (alone)':>16}  {'removed (in order)':>18}")
+        for r in sidecar["removed_by"]:
+            lines.append(f"  {r['rule']:<{width}}  {r['marginal']:>16,}  {r['sequential']:>18,}")
+    return "\n".join(lines)

@@ -1,0 +1,287 @@
+"""YAML recipes -> a validated plan.
+
+A recipe file::
+
+    name: clip_score_l14_30
+    description: one line
+    params: {fraction: 0.3, threshold: null}   # overridable (`--set fraction=0.2`)
+    one_of: [[fraction, threshold]]              # overriding one member clears the others
+    steps:                                        # score steps, in order
+      - op: clip_score
+        arch: l14
+      - op: quantile_threshold                    # a global step: a pool-wide pass
+        column: clip_l14_similarity_score
+        fraction: ${fraction}                     # ${param}: substituted when the recipe loads
+        threshold: ${threshold}
+        where: [language == en]                   # optional: rows the global step looks at
+    keep:                                         # rules; a row is kept when all hold
+      - clip_l14_similarity_score >= @threshold   # @name: a value a global step computed
+
+A rule is ``column OP value`` with OP one of ``== != > >= < <= in not in``; the value is a YAML
+scalar (``en``, ``2``, ``3.0``), a YAML list for ``in``, or ``@name``. Every column a rule uses
+must be made by a step, and every ``@name`` by an earlier global step.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import resource_path
+from ..errors import ConfigError
+from .registry import GlobalOp, Op, OpParamError, ShardOp, all_ops
+
+RULE_OPS = ("==", "!=", ">=", "<=", ">", "<", "not in", "in")
+_RULE_RE = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(==|!=|>=|<=|>|<|not\s+in\b|in\b)\s*(.+?)\s*$", re.S)
+_PARAM_RE = re.compile(r"\$\{([A-Za-z_]\w*)\}")
+RECIPE_KEYS = {"name", "description", "params", "one_of", "steps", "keep"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    column: str
+    op: str
+    value: Any = None  # a literal, or None when ``ref`` names a global value
+    ref: str | None = None
+
+    @property
+    def text(self) -> str:
+        rhs = f"@{self.ref}" if self.ref is not None else (self.value if isinstance(self.value, str) else repr(self.value))
+        return f"{self.column} {self.op} {rhs}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"column": self.column, "op": self.op, "value": self.value, "ref": self.ref, "text": self.text}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Rule":
+        return cls(d["column"], d["op"], d.get("value"), d.get("ref"))
+
+
+@dataclass
+class Step:
+    op: Op
+    where: list[Rule] = field(default_factory=list)  # global steps only
+
+    @property
+    def is_global(self) -> bool:
+        return isinstance(self.op, GlobalOp)
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.op.spec()
+        if self.where:
+            d["where"] = [r.text for r in self.where]
+        return d
+
+
+@dataclass
+class Recipe:
+    name: str
+    description: str
+    source: str  # the file it came from
+    params: dict[str, Any]
+    steps: list[Step]
+    keep: list[Rule]
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe after parameter substitution: what actually runs (recorded in the sidecar)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "params": self.params,
+            "steps": [s.to_json() for s in self.steps],
+            "keep": [r.text for r in self.keep],
+        }
+
+    def shard_steps(self) -> list[Step]:
+        return [s for s in self.steps if not s.is_global]
+
+    def global_steps(self) -> list[Step]:
+        return [s for s in self.steps if s.is_global]
+
+
+def recipes_dir() -> Path:
+    return resource_path("recipes")
+
+
+def recipe_names() -> list[str]:
+    d = recipes_dir()
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def find_recipe(recipe: str | Path) -> Path:
+    """A recipe name (bundled) or a path to a YAML file."""
+    text = str(recipe)
+    path = Path(text).expanduser()
+    looks_like_path = path.suffix in (".yaml", ".yml") or "/" in text or "\\" in text
+    if looks_like_path:
+        if not path.is_file():
+            raise ConfigError(f"{path}: recipe file does not exist")
+        return path
+    bundled = recipes_dir() / f"{text}.yaml"
+    if bundled.is_file():
+        return bundled
+    raise ConfigError(f"unknown recipe '{text}' (known: {', '.join(recipe_names())}; or pass a .yaml path)")
+
+
+def _coerce(value: Any) -> Any:
+    """CLI overrides arrive as strings ('0.25'); read them as YAML scalars."""
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    return value
+
+
+def _substitute(obj: Any, params: dict[str, Any], where: str) -> Any:
+    if isinstance(obj, dict):
+        return {k: _substitute(v, params, where) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_substitute(v, params, where) for v in obj]
+    if isinstance(obj, str):
+        def lookup(name: str) -> Any:
+            if name not in params:
+                raise ConfigError(f"{where}: '${{{name}}}' is not a recipe parameter (params: {', '.join(params) or 'none'})")
+            return params[name]
+
+        whole = _PARAM_RE.fullmatch(obj.strip())
+        if whole:
+            return lookup(whole.group(1))  # keeps the parameter's type (number, null, list)
+        return _PARAM_RE.sub(lambda m: str(lookup(m.group(1))), obj)
+    return obj
+
+
+def parse_rule(rule: Any, where: str) -> Rule:
+    if isinstance(rule, dict):
+        unknown = set(rule) - {"column", "op", "value"}
+        if unknown or "column" not in rule or "op" not in rule:
+            raise ConfigError(f"{where}: rule {rule!r} must have 'column', 'op' and 'value'")
+        column, op, raw = rule["column"], str(rule["op"]), rule.get("value")
+        op = " ".join(op.split())
+    elif isinstance(rule, str):
+        m = _RULE_RE.match(rule)
+        if not m:
+            raise ConfigError(f"{where}: cannot parse rule {rule!r} (expected 'column OP value', OP one of {', '.join(RULE_OPS)})")
+        column, op, rhs = m.group(1), " ".join(m.group(2).split()), m.group(3)
+        if rhs.startswith("@"):
+            return Rule(column, op, None, rhs[1:].strip())
+        try:
+            raw = yaml.safe_load(rhs)
+        except yaml.YAMLError:
+            raw = rhs
+        if isinstance(raw, bool) and rhs.lower() not in ("true", "false"):
+            raw = rhs  # YAML 1.1 reads no/yes/on/off as booleans; here they are words (language 'no')
+    else:
+        raise ConfigError(f"{where}: a rule must be a string like 'caption_words > 2', got {rule!r}")
+    if op not in RULE_OPS:
+        raise ConfigError(f"{where}: unknown comparison {op!r} in rule {rule!r}")
+    if isinstance(raw, str) and raw.startswith("@"):
+        return Rule(column, op, None, raw[1:])
+    if op in ("in", "not in"):
+        if not isinstance(raw, list):
+            raise ConfigError(f"{where}: rule {rule!r}: '{op}' needs a list value like [en, de]")
+    elif isinstance(raw, (list, dict)) or raw is None:
+        raise ConfigError(f"{where}: rule {rule!r}: '{op}' needs a number or a word")
+    return Rule(column, op, raw, None)
+
+
+def load_recipe(recipe: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Load, parameterise and validate a recipe; every problem is a ConfigError naming the file."""
+    path = find_recipe(recipe)
+    src = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{src}: cannot read recipe: {' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: a recipe must be a YAML mapping with 'steps' and 'keep'")
+    unknown = set(raw) - RECIPE_KEYS
+    if unknown:
+        raise ConfigError(f"{src}: unknown recipe key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(RECIPE_KEYS))})")
+    name = str(raw.get("name") or path.stem)
+    params = dict(raw.get("params") or {})
+    one_of = [list(g) for g in (raw.get("one_of") or [])]
+    for group in one_of:
+        for p in group:
+            if p not in params:
+                raise ConfigError(f"{src}: one_of names '{p}', which is not in params")
+
+    overrides = {k: _coerce(v) for k, v in (overrides or {}).items()}
+    bad = sorted(set(overrides) - set(params))
+    if bad:
+        raise ConfigError(f"{src}: unknown parameter(s) {', '.join(bad)} for recipe '{name}' "
+                          f"(parameters: {', '.join(params) or 'none'})")
+    for group in one_of:
+        given = [p for p in group if p in overrides and overrides[p] is not None]
+        if given:
+            for p in group:
+                if p not in given:
+                    params[p] = None
+    params.update(overrides)
+    for group in one_of:
+        set_ = [p for p in group if params.get(p) is not None]
+        if len(set_) != 1:
+            raise ConfigError(f"{src}: exactly one of {', '.join(group)} must be set for recipe '{name}' "
+                              f"(got {', '.join(f'{p}={params.get(p)!r}' for p in group)})")
+
+    ops = all_ops()
+    steps: list[Step] = []
+    made_columns: dict[str, int] = {}
+    made_globals: set[str] = set()
+    for i, spec in enumerate(raw.get("steps") or []):
+        where = f"{src}: step {i + 1}"
+        if not isinstance(spec, dict) or "op" not in spec:
+            raise ConfigError(f"{where}: each step must be a mapping with an 'op' key, got {spec!r}")
+        spec = _substitute(copy.deepcopy(spec), params, where)
+        op_name = spec.pop("op")
+        if op_name not in ops:
+            raise ConfigError(f"{where}: unknown op '{op_name}' (known: {', '.join(ops)})")
+        where = f"{src}: step {i + 1} ({op_name})"
+        where_rules = spec.pop("where", None)
+        try:
+            op = ops[op_name](**spec)
+        except OpParamError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        step = Step(op)
+        if isinstance(op, GlobalOp):
+            for col in op.inputs():
+                if col not in made_columns:
+                    raise ConfigError(f"{where}: reads column '{col}', which no earlier step makes")
+            for r in where_rules or []:
+                rule = parse_rule(r, where)
+                _check_rule(rule, made_columns, made_globals, where)
+                step.where.append(rule)
+            for g in op.outputs():
+                if g in made_globals:
+                    raise ConfigError(f"{where}: global value '{g}' is made twice")
+                made_globals.add(g)
+        else:
+            if where_rules is not None:
+                raise ConfigError(f"{where}: 'where' is only for global steps")
+            assert isinstance(op, ShardOp)
+            for col in op.outputs():
+                if col in made_columns:
+                    raise ConfigError(f"{where}: column '{col}' is already made by step {made_columns[col] + 1}")
+                made_columns[col] = i
+        steps.append(step)
+
+    keep: list[Rule] = []
+    for r in _substitute(raw.get("keep") or [], params, f"{src}: keep"):
+        rule = parse_rule(r, f"{src}: keep")
+        _check_rule(rule, made_columns, made_globals, f"{src}: keep")
+        keep.append(rule)
+    return Recipe(name=name, description=str(raw.get("description") or ""), source=src,
+                  params=params, steps=steps, keep=keep)
+
+
+def _check_rule(rule: Rule, columns: dict[str, int], globals_: set[str], where: str) -> None:
+    if rule.column not in columns:
+        raise ConfigError(f"{where}: rule '{rule.text}' uses column '{rule.column}', which no step makes "
+                          f"(made: {', '.join(columns) or 'none'})")
+    if rule.ref is not None and rule.ref not in globals_:
+        raise ConfigError(f"{where}: rule '{rule.text}' uses '@{rule.ref}', which no earlier global step makes "
+                          f"(made: {', '.join(sorted(globals_)) or 'none'})")

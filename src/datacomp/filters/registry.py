@@ -1,0 +1,133 @@
+"""Filter operations and their registry.
+
+A recipe is a list of *steps*; each step names an op registered here. Two kinds:
+
+- :class:`ShardOp` adds score columns to one shard's table (``compute`` gets the input columns as
+  pyarrow arrays and returns the new ones). Its outputs can be cached per shard and reused by
+  every recipe that runs the same op with the same parameters.
+- :class:`GlobalOp` makes a pool-wide decision (a quantile threshold, k-means centroids) in two
+  halves: ``map`` runs on every shard and returns a small per-shard array; ``reduce`` sees all of
+  them and returns named values (JSON-able) that later keep rules refer to as ``@name``.
+
+Adding an op: write a class in a module under ``filters/ops/``, decorate it with
+:func:`register`, and import the module in ``filters/ops/__init__.py``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import ShardColumns
+
+
+class OpParamError(ValueError):
+    """A step's parameters are invalid; the recipe loader adds the recipe file and step."""
+
+
+@dataclass
+class ShardContext:
+    """What a shard op may know besides its input columns."""
+
+    parquet: Path
+    num_rows: int
+    globals: dict[str, Any] = field(default_factory=dict)
+
+
+class Op:
+    """Base of every op. Subclasses set ``name``, ``description`` and ``params`` (defaults)."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    kind: ClassVar[str] = "shard"
+    params: ClassVar[dict[str, Any]] = {}  # accepted parameters and their defaults
+    required: ClassVar[tuple[str, ...]] = ()  # parameters without a default
+
+    def __init__(self, **kwargs: Any):
+        unknown = sorted(set(kwargs) - set(self.params) - set(self.required))
+        if unknown:
+            known = sorted(set(self.params) | set(self.required))
+            raise OpParamError(f"unknown parameter(s) {', '.join(unknown)} (accepted: {', '.join(known) or 'none'})")
+        missing = [k for k in self.required if k not in kwargs]
+        if missing:
+            raise OpParamError(f"missing required parameter(s) {', '.join(missing)}")
+        self.args: dict[str, Any] = {**self.params, **kwargs}
+        self.setup()
+
+    def setup(self) -> None:
+        """Validate ``self.args`` (raise OpParamError) and derive attributes."""
+
+    def spec(self) -> dict[str, Any]:
+        return {"op": self.name, **self.args}
+
+
+class ShardOp(Op):
+    kind: ClassVar[str] = "shard"
+    cache: ClassVar[bool] = True  # cheap ops set False: recomputing beats reading a cache file
+    version: ClassVar[str] = "1"  # bump when the computation changes; old caches become stale
+
+    def inputs(self) -> list[str]:
+        """Columns it reads: parquet columns, or columns made by earlier steps."""
+        return []
+
+    def outputs(self) -> list[str]:
+        raise NotImplementedError
+
+    def compute(self, columns: dict[str, pa.Array], ctx: ShardContext) -> dict[str, pa.Array]:
+        raise NotImplementedError
+
+    def cache_identity(self) -> dict[str, Any]:
+        """Anything besides the parameters that changes the output (e.g. a model file's size)."""
+        return {}
+
+    def cache_key(self) -> str:
+        blob = json.dumps({"op": self.name, "version": self.version, "args": self.args,
+                           "identity": self.cache_identity()}, sort_keys=True, default=str)
+        return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+class GlobalOp(Op):
+    kind: ClassVar[str] = "global"
+
+    def inputs(self) -> list[str]:
+        """Columns ``map`` reads (made by earlier shard steps)."""
+        return []
+
+    def outputs(self) -> list[str]:
+        """Names of the global values ``reduce`` returns (rules use them as ``@name``)."""
+        raise NotImplementedError
+
+    def needs_pool_pass(self) -> bool:
+        """False when the values are known without reading the pool (e.g. a given threshold)."""
+        return True
+
+    def map(self, store: "ShardColumns", mask: np.ndarray | None) -> np.ndarray:
+        """Per-shard partial result. ``mask`` (bool per row) comes from the step's ``where`` rules."""
+        raise NotImplementedError
+
+    def reduce(self, partials: list[np.ndarray]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+OPS: dict[str, type[Op]] = {}
+
+
+def register(cls: type[Op]) -> type[Op]:
+    if not cls.name or not cls.description:
+        raise TypeError(f"{cls.__name__}: an op needs a name and a one-line description")
+    if cls.name in OPS and OPS[cls.name] is not cls:
+        raise TypeError(f"op name '{cls.name}' registered twice")
+    OPS[cls.name] = cls
+    return cls
+
+
+def all_ops() -> dict[str, type[Op]]:
+    from . import ops  # noqa: F401  (importing registers every family)
+
+    return dict(sorted(OPS.items()))
