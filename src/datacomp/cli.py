@@ -58,7 +58,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
 
 
 def cmd_filter(a: argparse.Namespace) -> int:
-    from .filters import list_ops_and_recipes, run_filter
+    from .filters import format_summary, list_ops_and_recipes, run_filter
 
     if a.list:
         for kind, name, desc in list_ops_and_recipes():
@@ -71,19 +71,8 @@ def cmd_filter(a: argparse.Namespace) -> int:
     validate_pool(a.pool)  # readable parquets with uids, npz row counts = parquet row counts
     summary = run_filter(Path(a.pool), a.recipe, Path(a.out), overrides=_parse_sets(a.set),
                          executor=a.executor, workers=a.workers)
-    _print_filter_summary(summary)
+    print(format_summary(summary))
     return 0
-
-
-def _print_filter_summary(summary: dict[str, Any]) -> None:
-    counts = summary.get("counts", {})
-    print(f"recipe {summary.get('recipe', {}).get('name', '?')}: kept {counts.get('kept', '?')} of "
-          f"{counts.get('pool_rows', '?')} rows -> {summary.get('out', '')}")
-    removed = summary.get("removed_by") or []
-    if removed:
-        print(f"{'rule':40s} {'removed (alone)':>16s} {'removed (in order)':>19s}")
-        for r in removed:
-            print(f"{r.get('rule', ''):40s} {r.get('marginal', ''):>16} {r.get('sequential', ''):>19}")
 
 
 def cmd_reshard(a: argparse.Namespace) -> int:
