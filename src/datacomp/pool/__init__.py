@@ -1,0 +1,1 @@
+"""Candidate pools: the embedded synthetic world (``synth``) and, later, CommonPool / BYOD downloads."""

@@ -1,0 +1,135 @@
+"""Run img2dataset 1.47.0 in a child process, with bounded fetches and the reference blurrer.
+
+``python -m datacomp.pool.i2d CONFIG.json`` calls ``img2dataset.download(**config["kwargs"])``
+under ``if __name__ == "__main__":`` (img2dataset's spawn-based process pool hangs otherwise, and
+its SIGINT handler calls ``sys.exit``, which must not happen inside a datacomp stage).
+
+Two things are swapped in, both by class replacement on ``img2dataset.main`` before the call, so
+every other part of img2dataset (reader, resizer, writers, incremental mode, stats) is its own:
+
+* ``Downloader`` -> :class:`BoundedDownloader`. img2dataset's fetch is ``urlopen(...).read()``:
+  its ``timeout`` bounds each socket operation, not the whole transfer, so a server that trickles
+  one byte a second holds a thread forever, and the body is read whole into memory whatever its
+  size. The subclass carries limits (total seconds per attempt, bytes per file) to the worker
+  processes in its pickled state; unpickling installs a bounded fetch in that process.
+* ``BoundingBoxBlurrer`` -> :class:`datacomp.pool.blur.ReferenceBlurrer` (DATACOMP.md §3.2
+  kernel size; img2dataset 1.47.0's own blurrer uses a smaller kernel).
+
+Decompression bombs are refused by OpenCV before decoding: the parent sets
+``OPENCV_IO_MAX_IMAGE_PIXELS`` in the child's environment.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+import urllib.request
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks for updates online otherwise
+
+USER_AGENT = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
+DEFAULT_LIMITS = {"max_bytes": 32 * 1024 * 1024, "max_seconds": 30.0}
+_LIMITS: dict[str, float] = dict(DEFAULT_LIMITS)
+
+
+class TooLarge(Exception):
+    pass
+
+
+class TooSlow(Exception):
+    pass
+
+
+def bounded_fetch(row, timeout, user_agent_token, disallowed_header_directives):
+    """Same contract as ``img2dataset.downloader.download_image``: (key, BytesIO | None, error)."""
+    from img2dataset.downloader import is_disallowed
+
+    key, url = row
+    max_bytes = int(_LIMITS["max_bytes"])
+    max_seconds = float(_LIMITS["max_seconds"])
+    ua = USER_AGENT
+    if user_agent_token:
+        ua += f" (compatible; {user_agent_token}; +https://github.com/rom1504/img2dataset)"
+    start = time.monotonic()
+    try:
+        request = urllib.request.Request(url, data=None, headers={"User-Agent": ua})
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            if disallowed_header_directives and is_disallowed(r.headers, user_agent_token, disallowed_header_directives):
+                return key, None, "Use of image disallowed by X-Robots-Tag directive"
+            length = r.headers.get("Content-Length")
+            if length is not None and length.strip().isdigit() and int(length) > max_bytes:
+                raise TooLarge(f"file too large: Content-Length {int(length)} > {max_bytes} bytes")
+            buf = io.BytesIO()
+            while True:
+                chunk = r.read1(1 << 16)  # what has arrived: a trickle cannot stall a full-size read
+                if not chunk:
+                    break
+                buf.write(chunk)
+                if buf.tell() > max_bytes:
+                    raise TooLarge(f"file too large: more than {max_bytes} bytes")
+                if time.monotonic() - start > max_seconds:
+                    raise TooSlow(f"download too slow: not finished after {max_seconds:g} s")
+        buf.seek(0)
+        return key, buf, None
+    except Exception as err:  # noqa: BLE001 - every failure becomes the sample's error message
+        return key, None, str(err) or type(err).__name__
+
+
+def _install(limits: dict[str, float]) -> None:
+    import img2dataset.downloader as dl
+
+    _LIMITS.update(limits)
+    dl.download_image = bounded_fetch
+
+
+try:  # the subclass only exists where img2dataset is installed
+    from img2dataset.downloader import Downloader as _I2DDownloader
+except ImportError:  # pragma: no cover
+    _I2DDownloader = object  # type: ignore[assignment,misc]
+
+
+class BoundedDownloader(_I2DDownloader):  # type: ignore[misc,valid-type]
+    limits: dict[str, float] = dict(DEFAULT_LIMITS)  # set in the parent before img2dataset builds us
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._datacomp_limits = dict(type(self).limits)
+        _install(self._datacomp_limits)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # runs in each img2dataset worker
+        self.__dict__.update(state)
+        _install(state.get("_datacomp_limits", DEFAULT_LIMITS))
+
+
+def run(config: dict[str, Any]) -> None:
+    import img2dataset
+
+    # not ``import img2dataset.main``: the package re-exports a function called ``main`` over it
+    i2d_main = sys.modules["img2dataset.main"]
+
+    if config.get("bounded", True):
+        BoundedDownloader.limits = {"max_bytes": float(config["max_bytes"]), "max_seconds": float(config["max_seconds"])}
+        i2d_main.Downloader = BoundedDownloader
+    if config.get("reference_blur", True):
+        from datacomp.pool.blur import ReferenceBlurrer
+
+        i2d_main.BoundingBoxBlurrer = ReferenceBlurrer
+    img2dataset.download(**config["kwargs"])
+    if config.get("rusage_out"):
+        import resource
+
+        peak_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+        with open(config["rusage_out"], "w") as f:
+            json.dump({"peak_rss_mb": round(peak_kb / 1024, 1)}, f)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as f:
+        cfg = json.load(f)
+    # import ourselves under the package name, so pickled classes resolve in the spawned workers
+    from datacomp.pool import i2d as _module
+
+    _module.run(cfg)

@@ -1,0 +1,288 @@
+"""The embedded synthetic world (datacomp.pool.synth): layout, determinism, noise, calibration."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from datacomp.config import load_scale
+from datacomp.errors import StageConflictError
+from datacomp.formats.manifest import marker_path, read_manifest
+from datacomp.formats.pool import POOL_COLUMNS, POOL_SCHEMA, list_parquets
+from datacomp.formats.shards import iter_samples, list_shards, read_stats
+from datacomp.pool.synth import TASKS, measure, synthesize
+from datacomp.pool.synth.calibration import languages
+from datacomp.pool.synth.captions import foreign
+from datacomp.pool.synth.evalsuite import classnames
+from datacomp.pool.synth.render import object_masks
+from datacomp.pool.synth.scene import make_rng, sample_scene
+from datacomp.pool.synth.world import all_concepts, load_noise, load_world
+
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+LEMMAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet21k_wordnet_lemmas.txt"
+
+
+def mini_scale(**world):
+    base = load_scale("synth_test")
+    w = {"concepts": 12, "shard_size": 200, "curated_size": 150, "eval_size": 36, "retrieval_size": 12, **world}
+    return dataclasses.replace(base, name="synth_mini", pool_size=500, world=w)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "pool"
+    synthesize(out, load_scale("synth_test"), seed=0, workers=2)
+    return out
+
+
+def _bytes_of(root: Path) -> dict[str, bytes]:
+    """Every file that must be byte-identical across runs (stats carry durations; manifest timings)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and not rel.startswith(".done") and not rel.endswith("_stats.json") and rel != "manifest.json":
+            out[rel] = p.read_bytes()
+    return out
+
+
+# ---- world data ---------------------------------------------------------------------------------
+
+def test_world_data_has_100_distinct_concepts():
+    cs = all_concepts()
+    assert len(cs) >= 100
+    assert len({(c.shape, c.mark) for c in cs}) == len(cs)
+    assert len({c.name for c in cs}) == len(cs)
+    assert {c.shape for c in cs[:12]} == {c.shape for c in cs}  # first 12 = the 12 plain shapes
+    for c in cs:
+        assert set(c.tr) >= {"de", "fr", "es", "it"}
+    if LEMMAS.is_file():
+        lemmas = {w.strip().lower() for line in LEMMAS.read_text().splitlines() for w in line.split(",")}
+        assert [c.name for c in cs if c.name not in lemmas] == []
+
+
+def test_concept_masks_are_distinct():
+    cs = all_concepts()[:24]
+    masks = [np.asarray(object_masks(c.shape, c.mark, 20)[0], dtype=np.float32) / 255
+             + 2 * np.asarray(object_masks(c.shape, c.mark, 20)[1], dtype=np.float32) / 255 for c in cs]
+    for i in range(len(masks)):
+        for j in range(i + 1, len(masks)):
+            assert np.abs(masks[i] - masks[j]).mean() > 0.02, (cs[i].name, cs[j].name)
+
+
+def test_foreign_captions_are_identified_as_their_language():
+    world, noise = load_world(40), load_noise()
+    texts, langs = [], []
+    for i in range(200):
+        rng = make_rng(3, "t", i)
+        lang = ["de", "fr", "es", "it"][i % 4]
+        texts.append(foreign(sample_scene(rng, world, noise), world, rng, lang))
+        langs.append(lang)
+    got = languages(texts)
+    assert np.mean([g == want for g, want in zip(got, langs)]) > 0.95
+
+
+# ---- layout and formats -------------------------------------------------------------------------
+
+def test_pool_layout_and_formats(pool):
+    parquets = list_parquets(pool)
+    tars = list_shards(pool / "shards")
+    assert [p.stem for p in parquets] == [t.stem for t in tars] == ["00000000", "00000001", "00000002"]
+    total = 0
+    all_uids = []
+    for pq_path, tar in zip(parquets, tars):
+        t = pq.read_table(pq_path)
+        assert t.column_names == POOL_COLUMNS
+        assert t.schema.equals(POOL_SCHEMA)
+        d = t.to_pydict()
+        assert all(HEX32.match(u) for u in d["uid"])
+        assert all(math.isnan(x) for x in d["clip_b32_similarity_score"] + d["clip_l14_similarity_score"])
+        assert all(fb == [] for fb in d["face_bboxes"])
+        assert all(u.startswith("https://img.synth.example/") for u in d["url"])
+        samples = list(iter_samples(tar))
+        assert [s.meta["uid"] for s in samples] == d["uid"]
+        for s, text, sha, ow, oh in zip(samples, d["text"], d["sha256"], d["original_width"], d["original_height"]):
+            meta = s.meta
+            assert s.text == text == meta["caption"]
+            assert hashlib.sha256(s.files["jpg"]).hexdigest() == sha == meta["sha256"]
+            assert meta["status"] == "success" and meta["error_message"] is None
+            assert (meta["original_width"], meta["original_height"]) == (ow, oh)
+            assert meta["key"] == s.key and len(s.key) == 12 and s.key.startswith(tar.stem)
+        assert read_stats(tar)["successes"] == len(samples) == t.num_rows
+        truth = pq.read_table(pool / "truth" / pq_path.name)
+        assert truth.column("uid").to_pylist() == d["uid"]
+        assert "clean" in truth.column_names and "noise" in truth.column_names
+        total += t.num_rows
+        all_uids += d["uid"]
+    assert total == 2400 and len(set(all_uids)) == total
+    m = read_manifest(pool)
+    assert m.stage == "synth" and m.counts["rows"] == 2400
+    assert set(m.extra["measured"]) >= {"english_caption_len", "basic_filter"}
+
+
+def test_image_sizes_follow_kinds(pool):
+    truth = pq.read_table(pool / "truth" / "00000000.parquet").to_pandas()
+    meta = pq.read_table(pool / "metadata" / "00000000.parquet").to_pandas()
+    mn = np.minimum(meta.original_width, meta.original_height)
+    mx = np.maximum(meta.original_width, meta.original_height)
+    normal = (truth.image_kind == "normal").values
+    assert (mn[normal] >= 200).all() and (mn[normal] <= 1500).all() and (mx[normal] / mn[normal] <= 1.3).all()
+    assert (mn[(truth.image_kind == "tiny").values] < 200).all()
+    assert (mx / mn)[(truth.image_kind == "banner").values].min() > 3
+    assert truth.width[(truth.image_kind == "tiny").values].max() <= 16
+    assert truth.width[normal].between(32, 72).all()
+
+
+def test_evalsets_layout(pool):
+    world = load_world(12)
+    tasks = json.loads((pool / "evalsets" / "tasks.json").read_text())
+    assert set(tasks) == {t.key for t in TASKS}
+    for t in TASKS:
+        d = pool / "evalsets" / t.key.replace("/", "-")
+        assert (d / "test" / "nshards.txt").read_text().strip() == "1"
+        samples = list(iter_samples(d / "test" / "0.tar"))
+        assert len(samples) == tasks[t.key]["n"] > 0
+        if t.kind == "classification":
+            names = (d / "classnames.txt").read_text().splitlines()
+            assert names == classnames(t, world)
+            tmpls = (d / "zeroshot_classification_templates.txt").read_text().splitlines()
+            assert tmpls and all("{c}" in x for x in tmpls)
+            labels = [int(s.files["cls"].decode("ascii")) for s in samples]
+            assert min(labels) >= 0 and max(labels) < len(names)
+            assert len(set(labels)) == len(names)  # balanced over classes
+        else:
+            for s in samples:
+                caps = s.files["txt"].decode().strip().split("\n")
+                assert 2 <= len(caps) <= 5 and all(len(c.split()) >= 2 for c in caps)
+    assert (pool / "evalsets" / "synth-count" / "classnames.txt").read_text().splitlines() == \
+        ["one object", "two objects", "three objects"]
+    assert (pool / "evalsets" / "synth-position" / "classnames.txt").read_text().splitlines() == \
+        ["on the left", "on the right", "at the top", "at the bottom"]
+
+
+def test_class_texts_occur_in_pool_captions(pool):
+    texts = " | ".join(t for p in list_parquets(pool) for t in pq.read_table(p, columns=["text"]).column("text").to_pylist())
+    for phrase in ["one object", "two objects", "three objects", "on the left", "on the right", "at the top",
+                   "at the bottom"]:
+        assert texts.count(phrase) >= 10, phrase
+
+
+# ---- noise, calibration, contamination ----------------------------------------------------------
+
+def _truth(pool):
+    import pandas as pd
+
+    return pd.concat([pq.read_table(p).to_pandas() for p in sorted((pool / "truth").glob("*.parquet"))])
+
+
+def test_noise_fractions_match_config(pool):
+    noise, tr = load_noise(), _truth(pool)
+    n = len(tr)
+    for kind, rate in noise["caption_kinds"].items():
+        assert abs((tr.caption_kind == kind).mean() - rate) < 0.01, kind
+    for kind, rate in noise["image_kinds"].items():
+        assert abs((tr.image_kind == kind).mean() - rate) < 0.01, kind
+    dup = tr.duplicate_of.notna()
+    assert abs(dup.mean() - noise["duplicates"]) < 0.005
+    assert set(tr.duplicate_of[dup]) <= set(tr.uid)  # duplicates copy rows of this pool
+    assert abs(tr.eval_copy.notna().sum() - round(noise["eval_copies"] * n)) <= 1
+    langs = tr.lang[tr.caption_kind == "foreign"]
+    assert set(langs) == {"de", "fr", "es", "it"}
+    assert 0.15 < tr.clean.mean() < 0.25
+
+
+def test_duplicates_and_eval_copies_are_copies(pool):
+    tr = _truth(pool)
+    meta = __import__("pandas").concat([pq.read_table(p).to_pandas() for p in list_parquets(pool)])
+    sha_by_uid = dict(zip(meta.uid, meta.sha256))
+    exact = tr[tr.duplicate_kind == "exact"]
+    assert len(exact) > 0
+    assert all(sha_by_uid[u] == sha_by_uid[src] for u, src in zip(exact.uid, exact.duplicate_of))
+    eval_shas = json.loads((pool / "evalsets" / "eval_sha256.json").read_text())
+    all_eval = {s for v in eval_shas.values() for s in v}
+    copies = tr[tr.eval_copy_kind == "exact"]
+    assert all(sha_by_uid[u] in all_eval for u in copies.uid)
+    for ref in copies.eval_copy:
+        task, idx = ref.split(":")
+        assert sha_by_uid[copies.uid[copies.eval_copy == ref].iloc[0]] == eval_shas[task][int(idx)]
+
+
+def test_calibration_matches_commonpool(pool):
+    measured = read_manifest(pool).extra["measured"]
+    assert 0.20 <= measured["basic_filter"] <= 0.26
+    assert 0.34 <= measured["english_caption_len"] <= 0.40
+    again = measure(pool)
+    assert again["basic_filter"] == measured["basic_filter"]
+
+
+def test_curated_shares_no_image_with_evalsets(pool):
+    eval_shas = {s for v in json.loads((pool / "evalsets" / "eval_sha256.json").read_text()).values() for s in v}
+    n = 0
+    for tar in list_shards(pool / "curated"):
+        for s in iter_samples(tar):
+            assert hashlib.sha256(s.files["jpg"]).hexdigest() not in eval_shas
+            assert len(s.text.split()) >= 2
+            n += 1
+    assert n == 1200
+    assert read_manifest(pool).counts["curated_rows"] == 1200
+
+
+# ---- determinism, resume, reuse -----------------------------------------------------------------
+
+def test_deterministic_and_seed_dependent(tmp_path):
+    scale = mini_scale()
+    synthesize(tmp_path / "a", scale, seed=0, workers=1)
+    synthesize(tmp_path / "b", scale, seed=0, workers=2)
+    synthesize(tmp_path / "c", scale, seed=1, workers=1)
+    a, b, c = (_bytes_of(tmp_path / x) for x in "abc")
+    assert a.keys() == b.keys() and len(a) > 20
+    assert [k for k in a if a[k] != b[k]] == []
+    assert a["metadata/00000000.parquet"] != c["metadata/00000000.parquet"]
+    assert a["shards/00000001.tar"] != c["shards/00000001.tar"]
+
+
+def test_resume_after_interruption_is_byte_identical(tmp_path):
+    scale = mini_scale()
+    out = tmp_path / "pool"
+    synthesize(out, scale, seed=0, workers=1)
+    before = _bytes_of(out)
+    # simulate a kill while shard 1 and a curated shard were being written: no manifest, no marker, no files
+    (out / "manifest.json").unlink()
+    for unit, files in [("pool-00000001", ["shards/00000001.tar", "metadata/00000001.parquet", "truth/00000001.parquet"]),
+                        ("curated-00000000", ["curated/00000000.tar"])]:
+        marker_path(out, unit).unlink()
+        for f in files:
+            (out / f).unlink()
+    untouched = (out / "shards" / "00000000.tar").stat().st_mtime_ns
+    synthesize(out, scale, seed=0, workers=1)
+    assert (out / "shards" / "00000000.tar").stat().st_mtime_ns == untouched  # finished units skipped
+    after = _bytes_of(out)
+    assert after.keys() == before.keys()
+    assert [k for k in before if before[k] != after[k]] == []
+
+
+def test_reuse_conflict_and_overwrite(tmp_path):
+    scale = mini_scale()
+    out = tmp_path / "pool"
+    m1 = synthesize(out, scale, seed=0, workers=1)
+    m2 = synthesize(out, scale, seed=0, workers=1)  # same params: reused, nothing rewritten
+    assert m2.created == m1.created
+    with pytest.raises(StageConflictError):
+        synthesize(out, scale, seed=1, workers=1)
+    with pytest.raises(StageConflictError):
+        synthesize(out, mini_scale(concepts=20), seed=0, workers=1)
+    m3 = synthesize(out, scale, seed=1, workers=1, overwrite=True)
+    assert m3.params["seed"] == 1 and read_manifest(out).params["seed"] == 1
+
+
+def test_rejects_non_embedded_scale(tmp_path):
+    from datacomp.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        synthesize(tmp_path / "x", load_scale("small"))
