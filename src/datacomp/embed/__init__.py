@@ -1,0 +1,10 @@
+"""Embedding: CLIP models -> npz embeddings + score columns; teacher (filtering-network) training.
+
+``embed(pool, ...)`` is the stage (see :mod:`datacomp.embed.stage`); ``embed_shard`` is its unit.
+"""
+from __future__ import annotations
+
+from .core import embed_shard, score_column
+from .stage import embed, stage_dir, teacher_dir, teacher_scale, train_teacher
+
+__all__ = ["embed", "embed_shard", "score_column", "stage_dir", "teacher_dir", "teacher_scale", "train_teacher"]

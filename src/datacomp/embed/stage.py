@@ -1,0 +1,249 @@
+"""The ``embed`` stage: (train teachers on POOL/curated) -> embed every pool shard -> manifest.
+
+Layout::
+
+    POOL/teachers/{b32,l14}/open_clip_config.json + open_clip_pytorch_model.bin   local-dir: loadable
+    POOL/teachers/{b32,l14}/run/          the open_clip_train run that produced them (datacomp.train)
+    POOL/stages/embed/.done/<shard>.<keys>.json   per-shard completion markers
+    POOL/stages/embed/params.json         parameters of the run in progress (stale markers are cleared)
+    POOL/stages/embed/manifest.json       written last: which model + checkpoint produced each key
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..config import Scale, load_scale
+from ..errors import ConfigError, InputError
+from ..executors import Unit, run_units
+from ..formats.atomic import write_json
+from ..formats.manifest import Manifest, check_reusable, clear_markers, manifest_digest, read_manifest, write_manifest
+from ..formats.pool import list_parquets, parquet_num_rows, require_pool_dir
+from ..train import launch, models
+from .core import embed_shard, score_column
+
+log = logging.getLogger(__name__)
+
+STAGE_DIR = Path("stages") / "embed"
+
+
+def stage_dir(pool: str | os.PathLike) -> Path:
+    return Path(pool) / STAGE_DIR
+
+
+def teacher_dir(pool: str | os.PathLike, key: str) -> Path:
+    return Path(pool) / "teachers" / key
+
+
+def _pool_identity(pool: Path) -> str:
+    """Digest of the pool's own manifest, else of its shard tars (names, sizes, mtimes); embed never edits either."""
+    dig = manifest_digest(pool)
+    if dig:
+        return dig
+    h = hashlib.sha256()
+    sd = pool / "shards"
+    if sd.is_dir():
+        for p in sorted(sd.glob("*.tar")):
+            st = p.stat()
+            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
+def _pool_scale(pool: Path) -> Scale:
+    m = read_manifest(pool)
+    name = None
+    if m is not None:
+        for src in (m.params, m.extra):
+            v = src.get("scale")
+            if isinstance(v, str):
+                name = v
+            elif isinstance(v, dict) and isinstance(v.get("name"), str):
+                name = v["name"]
+            if name:
+                break
+    if name is None:
+        raise ConfigError(f"{pool / 'manifest.json'}: no scale recorded; pass the scale whose 'teachers' to train")
+    return load_scale(name)
+
+
+def teacher_scale(s: Scale, key: str) -> Scale:
+    if key not in s.teachers:
+        raise ConfigError(f"scale '{s.name}' has no teacher '{key}' (has: {', '.join(s.teachers) or 'none'})")
+    t = dict(s.teachers[key])
+    try:
+        return Scale(
+            name=f"{s.name}-teacher-{key}", pool_size=None, samples_seen=int(t["samples_seen"]), model=str(t["model"]),
+            batch_size=int(t["batch_size"]), lr=float(t["lr"]), warmup=int(t["warmup"]), beta2=t.get("beta2"),
+            num_checkpoints=int(t.get("num_checkpoints", 1)), precision=str(t.get("precision", s.precision)), embedded=True,
+        )
+    except KeyError as e:
+        raise ConfigError(f"scale '{s.name}': teacher '{key}' lacks {e}") from None
+
+
+def train_teacher(pool: Path, s: Scale, key: str, seed: int = 0, overwrite: bool = False, workers: int = 1) -> dict[str, Any]:
+    """Train teacher ``key`` of scale ``s`` on POOL/curated and export it as a local-dir folder."""
+    curated = pool / "curated"
+    if not curated.is_dir():
+        raise InputError(f"{curated}: curated shards for teacher training do not exist")
+    ts = teacher_scale(s, key)
+    dest = teacher_dir(pool, key)
+    t0 = time.time()
+    man = launch.train(ts, curated, dest / "run", seed=seed, workers=workers, overwrite=overwrite, device="cpu" if s.embedded else None)
+    run_model = dest / "run" / "model"
+    shutil.copyfile(run_model / models.CONFIG_NAME, dest / models.CONFIG_NAME)
+    weights = dest / models.WEIGHTS_NAME
+    tmp = dest / f".{models.WEIGHTS_NAME}.tmp"
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(run_model / models.WEIGHTS_NAME, tmp)
+    except OSError:
+        shutil.copyfile(run_model / models.WEIGHTS_NAME, tmp)
+    os.replace(tmp, weights)
+    info = {"key": key, "model": ts.model, "samples_seen": ts.samples_seen, "batch_size": ts.batch_size, "lr": ts.lr,
+            "warmup": ts.warmup, "seed": seed, "train_s": man.timings.get("train_s"), "cpu_s": man.timings.get("cpu_s"), "final_loss": man.extra.get("final_loss"),
+            "samples_per_s": man.extra.get("samples_per_s"), "checkpoint": man.extra.get("checkpoint"),
+            "run_manifest": manifest_digest(dest / "run")}
+    write_json(dest / "teacher.json", info)
+    log.info("embed: teacher %s (%s) ready in %.1fs", key, ts.model, time.time() - t0)
+    return info
+
+
+def _ckpt_identity(checkpoint: str | None) -> str | None:
+    if checkpoint is None:
+        return None
+    p = Path(checkpoint)
+    if not p.is_file():
+        raise InputError(f"{p}: checkpoint file does not exist")
+    st = p.stat()
+    return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def embed(
+    pool: str | os.PathLike,
+    teacher: bool = True,
+    model: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    scale: Scale | str | None = None,
+    seed: int = 0,
+    workers: int = 2,
+    overwrite: bool = False,
+    keys: Sequence[str] = ("b32", "l14"),
+    batch_size: int = 256,
+    executor: str = "local",
+) -> Manifest:
+    """Embed every sample of ``pool`` and write npz keys + score columns; see the module doc.
+
+    ``model=None`` (teacher mode): train the scale's teachers (``scale`` or the pool manifest's
+    scale) on POOL/curated, one per key, and embed with them. ``model=ARCH`` (open_clip name,
+    bundled config name, ``local-dir:DIR`` or a DIR) with a local ``checkpoint``: one model for
+    every key in ``keys``. Units are shards; a killed run resumes; ``manifest.json`` is last.
+    """
+    pool = require_pool_dir(pool)
+    keys = tuple(keys)
+    if not keys:
+        raise ConfigError("embed: no keys given")
+    for k in keys:
+        if not k.isidentifier():
+            raise ConfigError(f"embed: invalid key '{k}' (use names like b32, l14)")
+    parquets = list_parquets(pool)
+    tars = []
+    for pq_path in parquets:
+        tar = pool / "shards" / (pq_path.stem + ".tar")
+        if not tar.is_file():
+            raise InputError(f"{tar}: shard for {pq_path} does not exist")
+        tars.append(tar)
+    sdir = stage_dir(pool)
+    pool_id = _pool_identity(pool)
+    use_teacher = model is None and teacher
+    if model is None and not teacher:
+        raise ConfigError("embed: give a model (and checkpoint), or use the teachers")
+
+    if use_teacher:
+        s = _pool_scale(pool) if scale is None else (scale if isinstance(scale, Scale) else load_scale(scale))
+        tscales = {k: teacher_scale(s, k) for k in keys}
+        params: dict[str, Any] = {"mode": "teacher", "scale": s.name, "seed": seed, "pool": pool_id,
+                                  "keys": {k: {"model": ts.model, "samples_seen": ts.samples_seen, "batch_size": ts.batch_size,
+                                               "lr": ts.lr, "warmup": ts.warmup} for k, ts in tscales.items()}}
+    else:
+        ckpt = str(checkpoint) if checkpoint is not None else None
+        params = {"mode": "model", "pool": pool_id,
+                  "keys": {k: {"model": model, "checkpoint": _ckpt_identity(ckpt)} for k in keys}}
+    previous = read_manifest(sdir)
+    done = check_reusable(sdir, "embed", params, overwrite)
+    if done is not None:
+        log.info("embed: %s already embedded with these parameters; reusing it", pool)
+        return done
+    started = sdir / "params.json"
+    if started.is_file():
+        try:
+            old = json.loads(started.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if json.dumps(old, sort_keys=True) != json.dumps(params, sort_keys=True, default=str):
+            clear_markers(sdir)
+    write_json(started, params)
+
+    t0 = time.time()
+    timings: dict[str, float] = {}
+    records: dict[str, dict[str, Any]] = {}
+    specs: list[dict[str, Any]] = []
+    if use_teacher:
+        for k in keys:
+            t1 = time.time()
+            info = train_teacher(pool, s, k, seed=seed, overwrite=overwrite)
+            timings[f"teacher_{k}_s"] = round(time.time() - t1, 2)
+            tdir = teacher_dir(pool, k)
+            specs.append({"keys": [k], "model": f"{models.LOCAL_DIR}{tdir.resolve()}", "checkpoint": None})
+            records[k] = {"model": str(tdir), "checkpoint": str(tdir / models.WEIGHTS_NAME), "arch": info["model"],
+                          "teacher": info}
+    else:
+        ckpt = str(Path(checkpoint).resolve()) if checkpoint is not None else None
+        specs.append({"keys": list(keys), "model": model, "checkpoint": ckpt})
+        for k in keys:
+            records[k] = {"model": model, "checkpoint": ckpt}
+        # fail fast in this process on a bad model/checkpoint, before spawning workers
+        models.cached_open_clip(model, ckpt)
+
+    ncpu = launch._cpu_count()
+    nw = max(1, min(workers, len(parquets)))
+    threads = max(1, ncpu // nw)
+    suffix = "+".join(keys)
+    units = [Unit(name=f"{p.stem}.{suffix}", args=(str(p), str(t), specs, batch_size, threads), weight=parquet_num_rows(p))
+             for p, t in zip(parquets, tars)]
+    t1 = time.time()
+    results = run_units(embed_shard, units, sdir, workers=nw, executor=executor, desc="embed", unit_label="pairs")
+    embed_s = time.time() - t1
+    rows = sum(r["rows"] for r in results.values())
+    unit_s = sum(r.get("seconds", 0.0) for r in results.values())
+    dims: dict[str, int] = {}
+    for r in results.values():
+        dims.update(r.get("dims", {}))
+    for k in keys:
+        records[k]["dim"] = dims.get(k)
+        records[k]["npz_keys"] = [f"{k}_img", f"{k}_txt"]
+        records[k]["score_column"] = score_column(k)
+    if previous is not None and overwrite:
+        for k, rec in previous.extra.get("models", {}).items():
+            records.setdefault(k, rec)
+    timings.update({"embed_s": round(embed_s, 2), "total_s": round(time.time() - t0, 2)})
+    manifest = Manifest(
+        stage="embed",
+        params=params,
+        inputs={"pool": pool_id},
+        counts={"shards": len(parquets), "rows": rows, "images": sum(r["images"] for r in results.values()),
+                "missing_images": sum(r["missing_images"] for r in results.values()),
+                "extra_samples": sum(r["extra_samples"] for r in results.values())},
+        timings=timings,
+        extra={"models": records, "pairs_per_s_per_worker": round(rows / unit_s, 1) if unit_s > 0 else None,
+               "missing_images_policy": "zero image vector, NaN score"},
+    )
+    write_manifest(sdir, manifest)
+    log.info("embed: %d rows in %d shards, %.1fs (%s)", rows, len(parquets), embed_s, ", ".join(keys))
+    return manifest

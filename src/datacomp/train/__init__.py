@@ -1,0 +1,13 @@
+"""Training: a scale -> open_clip_train arguments -> a run directory evaluation can load.
+
+``train(scale, data, out)`` trains (or reuses / resumes) a run; ``load_model(run_dir)`` returns
+``(model, preprocess_val, tokenizer)`` for evaluation and embedding.
+"""
+from __future__ import annotations
+
+from .data import TrainData, find_train_data
+from .launch import build_args, load_model, parse_train_log, reference_scale_config, resolve_scale, train, train_command
+from .models import load_open_clip, materialise
+
+__all__ = ["train", "load_model", "build_args", "train_command", "find_train_data", "TrainData", "load_open_clip",
+           "materialise", "parse_train_log", "reference_scale_config", "resolve_scale"]

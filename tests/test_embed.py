@@ -1,0 +1,141 @@
+"""datacomp.embed: npz keys/rows/normalisation, scores = row-wise dot products, resume, bad inputs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from datacomp.config import Scale, load_scale
+from datacomp.embed import embed
+from datacomp.errors import ConfigError, FormatError, InputError
+from datacomp.formats.pool import read_metadata, read_npz
+from datacomp.train.models import WEIGHTS_NAME, materialise
+from datacomp.train.toydata import write_toy_shards
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory) -> Path:
+    """A local-dir student config + randomly initialised weights (no training needed)."""
+    import open_clip
+    import torch
+
+    d = tmp_path_factory.mktemp("model")
+    materialise("synth-rn-tiny", d)
+    torch.manual_seed(0)
+    m = open_clip.create_model(f"local-dir:{d}")
+    torch.save({"epoch": 1, "state_dict": m.state_dict()}, d / "ckpt.pt")
+    return d
+
+
+def _pool(root: Path, n_shards: int = 2, per_shard: int = 40, drop: tuple[int, ...] = ()) -> Path:
+    write_toy_shards(root / "shards", n_shards=n_shards, per_shard=per_shard, metadata=root / "metadata", drop=drop)
+    return root
+
+
+def test_embed_model_mode(tmp_path: Path, random_model: Path) -> None:
+    pool = _pool(tmp_path / "pool", drop=(3, 7))
+    m = embed(pool, model=f"local-dir:{random_model}", checkpoint=random_model / "ckpt.pt", keys=("b32",), workers=1)
+    assert m.stage == "embed" and m.counts["rows"] == 80 and m.counts["missing_images"] == 4
+    rec = m.extra["models"]["b32"]
+    assert rec["checkpoint"] == str((random_model / "ckpt.pt").resolve()) and rec["dim"] == 64
+    for i in range(2):
+        pq_path = pool / "metadata" / f"{i:08d}.parquet"
+        t = read_metadata(pq_path)
+        assert t.schema.field("clip_b32_similarity_score").type == pa.float32()
+        z = read_npz(pq_path.with_suffix(".npz"), ["b32_img", "b32_txt"], expected_rows=40, dim=64)
+        img, txt = z["b32_img"].astype(np.float32), z["b32_txt"].astype(np.float32)
+        assert z["b32_img"].dtype == np.float16
+        present = np.ones(40, bool)
+        present[[3, 7]] = False
+        np.testing.assert_allclose(np.linalg.norm(img[present], axis=1), 1, atol=2e-3)
+        np.testing.assert_allclose(np.linalg.norm(txt, axis=1), 1, atol=2e-3)
+        assert not img[~present].any()
+        score = t.column("clip_b32_similarity_score").to_numpy()
+        assert np.isnan(score[~present]).all()
+        np.testing.assert_allclose(score[present], (img * txt).sum(1)[present], atol=3e-3)
+        # l14 left untouched (still NaN), other columns unchanged
+        assert np.isnan(t.column("clip_l14_similarity_score").to_numpy()).all()
+        assert t.column("text").to_pylist()[0].startswith("a ")
+    assert (pool / "stages" / "embed" / "manifest.json").is_file()
+    # same params: reused without work
+    assert embed(pool, model=f"local-dir:{random_model}", checkpoint=random_model / "ckpt.pt", keys=("b32",)).created == m.created
+
+
+def test_embed_matches_by_uid_and_resumes(tmp_path: Path, random_model: Path) -> None:
+    pool = _pool(tmp_path / "pool", n_shards=3, per_shard=16)
+    # reverse the row order of parquet 1: matching must be by uid, not position
+    p1 = pool / "metadata" / "00000001.parquet"
+    t = pq.read_table(p1)
+    pq.write_table(t.take(list(range(t.num_rows - 1, -1, -1))), p1)
+    kw = dict(model=f"local-dir:{random_model}", checkpoint=random_model / "ckpt.pt", keys=("b32", "l14"), workers=1)
+    embed(pool, **kw)
+    z0 = read_npz(pool / "metadata" / "00000001.npz", ["b32_img", "l14_img", "l14_txt"])
+    np.testing.assert_array_equal(z0["b32_img"], z0["l14_img"])  # one model, both key sets
+    # simulate a kill after shard 0: drop the manifest and the other markers, corrupt shard 2's outputs
+    sdir = pool / "stages" / "embed"
+    (sdir / "manifest.json").unlink()
+    for name in ("00000001.b32+l14.json", "00000002.b32+l14.json"):
+        (sdir / ".done" / name).unlink()
+    before = (pool / "metadata" / "00000000.npz").stat().st_mtime_ns
+    (pool / "metadata" / "00000002.npz").unlink()
+    m = embed(pool, **kw)
+    assert (pool / "metadata" / "00000000.npz").stat().st_mtime_ns == before  # finished shard skipped
+    assert (pool / "metadata" / "00000002.npz").is_file() and m.counts["rows"] == 48
+    z1 = read_npz(pool / "metadata" / "00000001.npz", ["b32_img"])
+    np.testing.assert_array_equal(z0["b32_img"], z1["b32_img"])
+    # row i of the reversed parquet is the image of that uid: compare with the unreversed pool
+    pool2 = _pool(tmp_path / "pool2", n_shards=3, per_shard=16)
+    embed(pool2, **kw)
+    z2 = read_npz(pool2 / "metadata" / "00000001.npz", ["b32_img"])
+    np.testing.assert_array_equal(z1["b32_img"][::-1], z2["b32_img"])
+
+
+def test_embed_bad_inputs(tmp_path: Path, random_model: Path) -> None:
+    kw = dict(model=f"local-dir:{random_model}", checkpoint=random_model / "ckpt.pt", keys=("b32",), workers=1)
+    with pytest.raises(InputError, match="nope"):
+        embed(tmp_path / "nope", **kw)
+    pool = _pool(tmp_path / "pool", n_shards=1, per_shard=4)
+    t = pq.read_table(pool / "metadata" / "00000000.parquet")
+    pq.write_table(t.drop(["uid"]), pool / "metadata" / "00000000.parquet")
+    with pytest.raises(FormatError, match=r"00000000\.parquet.*uid"):
+        embed(pool, **kw)
+    pool = _pool(tmp_path / "pool3", n_shards=2, per_shard=4)
+    (pool / "shards" / "00000001.tar").unlink()
+    with pytest.raises(InputError, match=r"00000001\.tar"):
+        embed(pool, **kw)
+    pool = _pool(tmp_path / "pool4", n_shards=1, per_shard=4)
+    with pytest.raises(InputError, match="missing.pt"):
+        embed(pool, model=f"local-dir:{random_model}", checkpoint=random_model / "missing.pt")
+    with pytest.raises(ConfigError, match="no-such-model"):
+        embed(pool, model="no-such-model", checkpoint=random_model / "ckpt.pt")
+    with pytest.raises(ConfigError, match="unknown scale"):
+        embed(pool, scale="no_such_scale")
+    with pytest.raises(ConfigError, match="no scale recorded"):
+        embed(pool)  # teacher mode, pool without a manifest naming its scale
+
+
+@pytest.mark.slow
+def test_embed_teachers(tmp_path: Path) -> None:
+    """Teacher mode on a tiny curated set: trains both teachers, exports local-dir folders, embeds."""
+    import open_clip
+
+    pool = _pool(tmp_path / "pool", n_shards=1, per_shard=32)
+    write_toy_shards(pool / "curated", n_shards=1, per_shard=64, seed=1)
+    base = load_scale("synth_test")
+    teachers = {k: dict(v, samples_seen=64, batch_size=32, warmup=1) for k, v in base.teachers.items()}
+    s = Scale(**{**base.__dict__, "teachers": teachers})
+    m = embed(pool, scale=s, workers=1)
+    for key, dim in (("b32", 64), ("l14", 96)):
+        tdir = pool / "teachers" / key
+        assert (tdir / "open_clip_config.json").is_file() and (tdir / WEIGHTS_NAME).is_file()
+        assert m.extra["models"][key]["dim"] == dim
+        open_clip.create_model_and_transforms(f"local-dir:{tdir}")
+    z = read_npz(pool / "metadata" / "00000000.npz", ["b32_img", "b32_txt", "l14_img", "l14_txt"], expected_rows=32)
+    assert z["l14_img"].shape == (32, 96)
+    t = read_metadata(pool / "metadata" / "00000000.parquet")
+    assert not np.isnan(t.column("clip_l14_similarity_score").to_numpy()).any()
+    assert json.loads((pool / "teachers" / "b32" / "teacher.json").read_text())["model"] == "synth-teacher-s"
