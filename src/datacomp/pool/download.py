@@ -253,15 +253,25 @@ def run_img2dataset(url_list: Path, shards: Path, opts: DownloadOptions, mode: s
         json.dump(cfg, f)
         cfg_path = f.name
     t0 = time.time()
+    runner_file = shards.parent / f".{shards.name}.runner.json"
+    reap_stale_runner(runner_file)
+    shutil.rmtree(shards / "_tmp", ignore_errors=True)  # img2dataset's input shards from a killed run
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
+        # own process group (so the whole img2dataset tree can be ended together), and the runner
+        # dies with us (PR_SET_PDEATHSIG); a group orphaned by a kill -9 is ended by the next run
         proc = subprocess.Popen([sys.executable, "-m", "datacomp.pool.i2d", cfg_path], env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_parent)
+        write_json(runner_file, {"pgid": proc.pid, "parent": os.getpid()}, indent=None)
         try:
             rc = proc.wait()
         except BaseException:  # interrupted: take img2dataset's workers down with us
-            _kill_group(proc)
+            _kill_group(proc.pid)
+            proc.wait()
             raise
+        _kill_group(proc.pid)  # workers img2dataset left behind, if any
+        runner_file.unlink(missing_ok=True)
     finally:
         if log_path:
             out.close()
@@ -273,12 +283,59 @@ def run_img2dataset(url_list: Path, shards: Path, opts: DownloadOptions, mode: s
     return {"seconds": round(time.time() - t0, 3), "peak_rss_mb": usage.get("peak_rss_mb")}
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _die_with_parent() -> None:  # runs in the child between fork and exec
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the group this call created with start_new_session
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - not Linux: stale groups are still reaped by the next run
+        pass
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[2]) == pgid:
+                members.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return members
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL the process group of a runner this module started (its pgid is the runner's pid)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    proc.wait()
+
+
+def reap_stale_runner(runner_file: Path) -> None:
+    """End an img2dataset process group left running by a killed earlier call on the same pool."""
+    info = _read_json(runner_file)
+    if not info or not isinstance(info.get("pgid"), int):
+        return
+    pgid = info["pgid"]
+    ours = False
+    for pid in _group_members(pgid) if Path("/proc").is_dir() else []:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"datacomp.pool.i2d" in cmd or b"multiprocessing" in cmd:
+            ours = True
+    if ours:
+        log.warning("ending img2dataset processes (group %d) left by an interrupted download", pgid)
+        _kill_group(pgid)
+        deadline = time.time() + 10
+        while _group_members(pgid) and time.time() < deadline:
+            time.sleep(0.05)
+    runner_file.unlink(missing_ok=True)
 
 
 def shard_ids(shards: Path) -> tuple[list[int], list[int]]:
@@ -479,7 +536,8 @@ def download(
 def retry_failed(pool: str | os.PathLike, options: DownloadOptions | None = None) -> dict[str, Any]:
     """Fetch again only the uids that failed in every earlier round, into new shards.
 
-    Needs a finished first round. Returns {"round", "retried", "downloaded", "seconds"}.
+    Needs a finished first round. Rewrites ``download/summary.json`` and ``failed.parquet``.
+    Returns {"round", "retried", "downloaded", "seconds", "peak_rss_mb"}.
     """
     opts = options or DownloadOptions()
     opts.validate()
@@ -524,6 +582,7 @@ def retry_failed(pool: str | os.PathLike, options: DownloadOptions | None = None
                             log_path=state / "img2dataset.log")
     after = read_attempts(shards)
     now_ok = set(after.filter(pc.equal(after.column("status"), "success")).column("uid").to_pylist())
+    write_json(state / "summary.json", summarize(pool))  # and failed.parquet, the next retry list
     return {"round": n_round, "retried": len(table), "downloaded": len(now_ok) - before,
             "seconds": round(time.time() - t0, 3), "peak_rss_mb": usage["peak_rss_mb"]}
 

@@ -15,6 +15,10 @@ every other part of img2dataset (reader, resizer, writers, incremental mode, sta
 * ``BoundingBoxBlurrer`` -> :class:`datacomp.pool.blur.ReferenceBlurrer` (DATACOMP.md §3.2
   kernel size; img2dataset 1.47.0's own blurrer uses a smaller kernel).
 
+The child and img2dataset's spawned workers (which import this module as ``__mp_main__``) mark
+``torch`` as unavailable before importing img2dataset: webdataset would import it (~3 s and
+~600 MB per process) and img2dataset never uses it.
+
 Decompression bombs are refused by OpenCV before decoding: the parent sets
 ``OPENCV_IO_MAX_IMAGE_PIXELS`` in the child's environment.
 """
@@ -29,6 +33,10 @@ import urllib.request
 from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks for updates online otherwise
+if __name__ in ("__main__", "__mp_main__") and "torch" not in sys.modules:
+    # In img2dataset's processes only: webdataset imports torch when it can, which costs ~3 s and
+    # ~600 MB per process and is never used by img2dataset; without it webdataset uses stand-ins.
+    sys.modules["torch"] = None  # type: ignore[assignment]
 
 USER_AGENT = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
 DEFAULT_LIMITS = {"max_bytes": 32 * 1024 * 1024, "max_seconds": 30.0}
@@ -119,11 +127,27 @@ def run(config: dict[str, Any]) -> None:
         i2d_main.BoundingBoxBlurrer = ReferenceBlurrer
     img2dataset.download(**config["kwargs"])
     if config.get("rusage_out"):
-        import resource
-
-        peak_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
         with open(config["rusage_out"], "w") as f:
-            json.dump({"peak_rss_mb": round(peak_kb / 1024, 1)}, f)
+            json.dump({"peak_rss_mb": round(peak_rss_kb() / 1024, 1)}, f)
+
+
+def peak_rss_kb() -> int:
+    """Largest resident set of this process (since its exec) and of its reaped children, in kB.
+
+    ``RUSAGE_SELF`` is not used for this process: Linux keeps the pre-exec high-water mark, so a
+    child forked from a big parent would report the parent's size.
+    """
+    import resource
+
+    own = 0
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    own = int(line.split()[1])
+    except OSError:  # not Linux
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 if __name__ == "__main__":

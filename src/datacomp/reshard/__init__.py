@@ -15,6 +15,24 @@ full except the last), whatever the worker count or timing, in two passes of uni
    shard ``o`` holds emitted samples ``[o*S, (o+1)*S)``; it reads exactly those members by offset.
 
 Both passes leave completion markers, so a killed reshard resumes; ``manifest.json`` comes last.
+
+Speed: the scan reads one window per tar member (header + small members + the ends of images)
+and never the image bytes; uid membership is a vectorised ``searchsorted`` over 16-byte keys per
+shard (not a per-sample binary search). The pack reads each selected sample (and its close
+selected neighbours) in one ``pread`` and writes with ``fasttar.FastTarWriter`` (ustar headers
+from a template, ``os.writev`` from a writer thread), byte-identical to ``ShardWriter``. With the
+local executor, worker processes are used only for inputs/outputs large enough to repay their
+start-up (``SCAN_PARALLEL_MIN``, ``PACK_PARALLEL_MIN``); Ray always gets the units.
+
+Damage: members whose names escape the directory (``../``, absolute) are refused (the sample is
+skipped, ``unsafe_member_count``); a truncated tar keeps the samples before the damage; a json
+without a valid uid is counted (``json_without_uid_count``); a selected sample whose image is
+visibly broken (a JPEG without its end marker, a PNG without IEND, an empty image) is skipped
+(``broken_image_count``) — images are not decoded.
+
+Options: ``shuffle_bufsize`` shuffles the emitted sequence within consecutive windows (seeded,
+deterministic); ``apply_blur`` blurs ``face_bboxes`` from ``POOL/metadata`` with the reference
+algorithm (``datacomp.pool.blur``) and re-encodes those images as WebP (quality 100).
 """
 from __future__ import annotations
 

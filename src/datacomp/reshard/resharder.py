@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tarfile
 import time
@@ -20,12 +21,15 @@ from ..errors import ConfigError, FormatError, InputError, StageConflictError
 from ..executors import Unit, run_units
 from ..formats.atomic import atomic_path, write_json
 from ..formats.manifest import MANIFEST_NAME, Manifest, check_reusable, manifest_digest, write_manifest
-from ..formats.shards import SHARD_FORMAT, ShardWriter, list_shards, read_stats
+from ..formats.shards import SHARD_FORMAT, list_shards, read_stats
 from ..formats.uids import read_subset
+from .fasttar import FastTarWriter
 
 log = logging.getLogger(__name__)
 
 STAGE = "reshard"
+SCAN_PARALLEL_MIN = 200_000  # input samples from which the local scan uses worker processes
+PACK_PARALLEL_MIN = 50_000  # output samples from which local packing uses worker processes
 WORK = ".work"
 SAMPLE_IDS = "sample_ids.npy"
 META = "meta.json"
@@ -87,18 +91,40 @@ def _octal(field: bytes) -> int:
     return int(field, 8) if field else 0
 
 
-def _read_headers_fast(tar: Path, file_size: int) -> tuple[list[tuple[str, int, int, bool]], int, str | None]:
+_SMALL = 1536  # members up to this size come with their header read (json, txt, cls)
+_EDGE = 32  # bytes kept from each end of larger members (image integrity check)
+
+
+class _Peek:
+    """What the fast header walk saw besides headers: small members' bytes, big members' ends."""
+
+    def __init__(self) -> None:
+        self.small: dict[int, bytes] = {}  # data offset -> data (size <= _SMALL)
+        self.edges: dict[int, tuple[bytes, bytes]] = {}  # data offset -> (first, last _EDGE bytes)
+
+
+def _read_headers_fast(tar: Path, file_size: int, peek: _Peek | None = None) -> tuple[list[tuple[str, int, int, bool]], int, str | None]:
     """Headers of a plain ustar/GNU tar: [(name, data offset, size, regular file)], end, error.
 
-    About 5x faster than ``tarfile`` (which parses every header field in Python); data is skipped
-    by seeking. Raises _Fallback for anything unusual so ``tarfile`` handles it instead.
+    One ``pread`` per member: the window holds the end of the previous member's data, the header
+    and the first bytes of this member's data, so small members (json, txt) and the ends of big
+    ones (for the image check) come for free; image data is skipped. Several times faster than
+    ``tarfile``. Raises _Fallback for anything unusual so ``tarfile`` handles it instead.
     """
     entries: list[tuple[str, int, int, bool]] = []
     pos = 0
-    with open(tar, "rb") as f:
+    prev: tuple[int, int, bytes] | None = None  # a big member whose tail is in the next window
+    fd = os.open(tar, os.O_RDONLY)
+    try:
         while pos < file_size:
-            f.seek(pos)
-            hdr = f.read(512)
+            start = pos - 512 - _EDGE if pos >= 512 + _EDGE else 0
+            buf = os.pread(fd, pos - start + 512 + _SMALL, start)
+            h0 = pos - start
+            if prev is not None and peek is not None:
+                end = prev[0] + prev[1] - start
+                peek.edges[prev[0]] = (prev[2], buf[max(end - _EDGE, 0) : end])
+            prev = None
+            hdr = buf[h0 : h0 + 512]
             if len(hdr) < 512:
                 return entries, pos, f"cut-off header at byte {pos}"
             if hdr[0] == 0 and hdr.count(0) == 512:
@@ -120,16 +146,32 @@ def _read_headers_fast(tar: Path, file_size: int) -> tuple[list[tuple[str, int, 
                 prefix = hdr[345:500].split(b"\0", 1)[0]
                 if prefix:
                     name = prefix + b"/" + name
-            entries.append((name.decode("utf-8", "surrogateescape"), pos + 512, size, flag in (b"0", b"\0", b"7")))
+            data = pos + 512
+            entries.append((name.decode("utf-8", "surrogateescape"), data, size, flag in (b"0", b"\0", b"7")))
+            if peek is not None:
+                if size <= _SMALL:
+                    got = buf[h0 + 512 : h0 + 512 + size]
+                    if len(got) == size:
+                        peek.small[data] = got
+                else:
+                    prev = (data, size, buf[h0 + 512 : h0 + 512 + _EDGE])
             pos += 512 + (size + 511) // 512 * 512
-    return entries, pos, None
+        if prev is not None and peek is not None and prev[0] + prev[1] <= file_size:
+            peek.edges[prev[0]] = (prev[2], os.pread(fd, _EDGE, prev[0] + prev[1] - _EDGE))
+    finally:
+        os.close(fd)
+    if pos > file_size:
+        return entries, file_size, f"truncated: the last member runs past the end of the file ({file_size} bytes)"
+    return entries, pos, "truncated: no end-of-archive blocks" if entries else None
 
 
-def _read_headers(tar: Path, file_size: int) -> tuple[list[tuple[str, int, int, bool]], int, str | None]:
+def _read_headers(tar: Path, file_size: int, peek: _Peek | None = None) -> tuple[list[tuple[str, int, int, bool]], int, str | None]:
     try:
-        return _read_headers_fast(tar, file_size)
+        return _read_headers_fast(tar, file_size, peek)
     except _Fallback:
-        pass
+        if peek is not None:
+            peek.small.clear()
+            peek.edges.clear()
     entries: list[tuple[str, int, int, bool]] = []
     try:
         with tarfile.open(tar, "r:") as tf:  # random-access mode: data is skipped by seeking
@@ -138,6 +180,21 @@ def _read_headers(tar: Path, file_size: int) -> tuple[list[tuple[str, int, int, 
             return entries, tf.offset, None
     except (tarfile.TarError, OSError, EOFError) as e:
         return entries, 0, f"{type(e).__name__}: {e}"
+
+
+_UID_RE = re.compile(rb'"uid"\s*:\s*"([0-9a-fA-F]{32})"')
+
+
+def _uid_from_json(raw: bytes) -> Any:
+    """The sample's uid: a regex for img2dataset's flat json, ``json.loads`` when in doubt."""
+    found = _UID_RE.findall(raw)
+    if len(found) == 1 and raw.count(b'"uid"') == 1:
+        return found[0].decode("ascii")
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return meta.get("uid") if isinstance(meta, dict) else None
 
 
 def scan_unit(tar_path: str, subset_path: str, out_path: str) -> dict[str, Any]:
@@ -153,7 +210,8 @@ def scan_unit(tar_path: str, subset_path: str, out_path: str) -> dict[str, Any]:
     uids: list[str] = []
     members: list[list[tuple[str, int, int]]] = []
 
-    entries, end_pos, error = _read_headers(tar, file_size)
+    peek = _Peek()
+    entries, end_pos, error = _read_headers(tar, file_size, peek)
     if error is None:
         tail = _nonzero_tail(tar, end_pos, file_size)
         if tail is not None:  # a cut-off header: the last sample may be incomplete
@@ -175,12 +233,11 @@ def scan_unit(tar_path: str, subset_path: str, out_path: str) -> dict[str, Any]:
             else:
                 uid = None
                 if group_json is not None:
-                    f.seek(group_json[0])
-                    try:
-                        meta = json.loads(f.read(group_json[1]))
-                        uid = meta.get("uid") if isinstance(meta, dict) else None
-                    except (ValueError, UnicodeDecodeError):
-                        uid = None
+                    raw = peek.small.get(group_json[0])
+                    if raw is None:
+                        f.seek(group_json[0])
+                        raw = f.read(group_json[1])
+                    uid = _uid_from_json(raw)
                 if _is_uid(uid):
                     uids.append(uid.lower())
                     members.append(group)
@@ -217,6 +274,17 @@ def scan_unit(tar_path: str, subset_path: str, out_path: str) -> dict[str, Any]:
     keys = hex_to_keys(uids)
     mult = multiplicities(keys, keys_sorted) if len(keys) else np.empty(0, np.int64)
     sel = np.nonzero(mult > 0)[0]
+    broken = 0
+    if len(sel):  # selected samples only: a broken image is skipped and counted, like a corrupt member
+        fd = os.open(tar, os.O_RDONLY)
+        try:
+            good = [i for i in sel if _images_look_whole(fd, members[i], peek)]
+        finally:
+            os.close(fd)
+        broken = len(sel) - len(good)
+        if broken:
+            log.warning("%s: %d selected samples have a broken image; skipped", tar, broken)
+            sel = np.asarray(good, dtype=np.int64)
     table = pa.table({
         "uid": pa.array([uids[i] for i in sel], pa.string()),
         "mult": pa.array(mult[sel], pa.int64()),
@@ -232,11 +300,53 @@ def scan_unit(tar_path: str, subset_path: str, out_path: str) -> dict[str, Any]:
         "matched": int(len(sel)),
         "emitted": int(mult[sel].sum()) if len(sel) else 0,
         "json_without_uid": no_uid,
-        "corrupt_samples": corrupt_samples,
+        "corrupt_samples": corrupt_samples + broken,
+        "broken_images": broken,
         "unsafe_members": unsafe_members,
         "error": error,
         "expected": None if stats is None else stats.get("successes"),
     }
+
+
+
+
+
+def _edges(fd: int, off: int, size: int, peek: _Peek) -> tuple[bytes, bytes]:
+    small = peek.small.get(off)
+    if small is not None:
+        return small[:_EDGE], small[-_EDGE:]
+    got = peek.edges.get(off)
+    if got is not None:
+        return got
+    n = min(size, _EDGE)
+    return os.pread(fd, n, off), os.pread(fd, n, off + size - n)
+
+
+def _images_look_whole(fd: int, group: list[tuple[str, int, int]], peek: _Peek) -> bool:
+    """Cheap integrity check of a sample's image members: signature and end marker, no decode.
+
+    An empty image member fails. A member that starts like a JPEG (FF D8) must have its end
+    marker (FF D9) in its last bytes, one that starts like a PNG its IEND chunk: a cut-off or
+    partly overwritten file fails. Bytes in no known image format pass (the reference resharder
+    never looks at image bytes; the trainer's decoder decides).
+    """
+    for ext, off, size in group:
+        if ext not in ("jpg", "jpeg", "png", "webp"):
+            continue
+        if size == 0:
+            return False
+        head, tail = _edges(fd, off, size, peek)
+        if head[:2] == b"\xff\xd8":
+            if b"\xff\xd9" not in tail:
+                return False
+        elif head[:8] == b"\x89PNG\r\n\x1a\n":
+            if b"IEND" not in tail[-12:]:
+                return False
+        elif head[:4] == b"RIFF" and size >= 12 and head[8:12] == b"WEBP":
+            declared = int.from_bytes(head[4:8], "little") + 8
+            if declared > size:
+                return False
+    return True
 
 
 def _nonzero_tail(tar: Path, start: int, file_size: int) -> int | None:
@@ -264,38 +374,164 @@ def _stats_or_none(tar: Path) -> dict[str, Any] | None:
 
 # ---- pass 2: pack one output shard ---------------------------------------------------------------
 
-def pack_unit(out_tar: str, segments: list[tuple[str, str, int, int]]) -> dict[str, Any]:
-    """Write output shard ``out_tar`` from segments (input tar, scan parquet, first, last emitted
-    index within that input shard, end exclusive)."""
-    count = 0
-    with ShardWriter(out_tar, write_parquet=False, write_stats=False) as w:
-        for tar_path, scan_path, start, end in segments:
-            table = pq.read_table(scan_path)
-            uids = table.column("uid").to_pylist()
-            mult = table.column("mult").to_numpy()
-            exts = table.column("exts").to_pylist()
-            offsets = table.column("offsets").to_pylist()
-            sizes = table.column("sizes").to_pylist()
-            row = np.repeat(np.arange(len(uids)), mult)  # emitted index -> scan row
-            first = np.concatenate([[0], np.cumsum(mult)[:-1]]) if len(mult) else np.empty(0, np.int64)
-            with open(tar_path, "rb") as f:
-                cached_row, files = -1, {}
-                for e in range(start, end):
-                    r = int(row[e])
-                    if r != cached_row:
-                        files = {}
-                        for ext, off, size in zip(exts[r], offsets[r], sizes[r]):
-                            f.seek(off)
-                            data = f.read(size)
-                            if len(data) != size:
-                                raise InputError(f"{tar_path}: shard changed while resharding (short read at {off})")
-                            files[ext] = data
-                        cached_row = r
-                    j = e - int(first[r])
-                    w.write(f"{uids[r]}-{j}", files)
-                    count += 1
-    write_json(Path(out_tar).with_name(Path(out_tar).stem + "_stats.json"), {"successes": count}, indent=None)
-    return {"successes": count}
+class _ScanTable:
+    """One scan parquet, decoded once per process (a pack unit usually reads 1-2 of them)."""
+
+    def __init__(self, scan_path: str):
+        t = pq.read_table(scan_path)
+        self.uids = t.column("uid").to_pylist()
+        mult = t.column("mult").to_numpy()
+        self.exts = t.column("exts").to_pylist()
+        self.offsets = t.column("offsets").to_pylist()
+        self.sizes = t.column("sizes").to_pylist()
+        self.mult = mult.tolist()
+        # byte span of each sample's members (contiguous in the tar)
+        self.span = [(min(o), max(a + b for a, b in zip(o, z))) for o, z in zip(self.offsets, self.sizes)]
+        self.row = np.repeat(np.arange(len(self.uids)), mult).tolist()  # emitted index -> scan row
+        self.first = (np.concatenate([[0], np.cumsum(mult)[:-1]]) if len(mult) else np.empty(0, np.int64)).tolist()
+
+
+@lru_cache(maxsize=4)
+def _scan_table(scan_path: str, mtime_ns: int) -> _ScanTable:
+    return _ScanTable(scan_path)
+
+
+@lru_cache(maxsize=2)
+def _bbox_map(path: str, mtime_ns: int) -> dict[str, list]:
+    t = pq.read_table(path)
+    return dict(zip(t.column("uid").to_pylist(), t.column("face_bboxes").to_pylist()))
+
+
+_CHUNK = 1 << 20  # pack reads up to this many bytes at once (big buffers cost page faults)
+_GAP = 64 << 10  # ... bridging gaps of unselected samples up to this size
+
+
+def _emitted(segments, tables, order):
+    """(segment, scan row, first j, count) runs of the emitted sequence: one read per run."""
+    if order is None:
+        for si, (_, _, start, end) in enumerate(segments):
+            t = tables[si]
+            e = start
+            while e < end:
+                r = t.row[e]
+                n = min(end, t.first[r] + t.mult[r]) - e
+                yield si, r, e - t.first[r], n
+                e += n
+    else:
+        for si, e in order:
+            r = tables[si].row[e]
+            yield si, r, e - tables[si].first[r], 1
+
+
+def pack_unit(out_tar: str, segments: list[tuple[str, str, int, int]], options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write output shard ``out_tar``.
+
+    ``segments``: (input tar, scan parquet, first, end) emitted-index ranges within each input
+    shard, written in order. ``options`` (optional): ``order`` — explicit [(segment, emitted
+    index)] sequence (a shuffled plan); ``bboxes`` — parquet of uid -> face_bboxes to blur, with
+    ``reencode``/``quality`` for the blurred image.
+    """
+    opts = options or {}
+    order = opts.get("order")
+    boxes = None
+    if opts.get("bboxes"):
+        bp = opts["bboxes"]
+        boxes = _bbox_map(bp, os.stat(bp).st_mtime_ns)
+    tables = [_scan_table(scan, os.stat(scan).st_mtime_ns) for _, scan, _, _ in segments]
+    count = blurred = blur_failed = 0
+    fds: dict[int, int] = {}
+    try:
+        with FastTarWriter(out_tar) as w:
+            cached: tuple[int, int] | None = None
+            files: list[tuple[str, Any]] = []
+            chunk_mv: memoryview = memoryview(b"")
+            chunk_si, chunk_lo, chunk_hi = -1, 0, 0
+            for si, r, j0, n in _emitted(segments, tables, order):
+                t = tables[si]
+                if cached != (si, r):
+                    tar_path = segments[si][0]
+                    fd = fds.get(si)
+                    if fd is None:
+                        fd = fds[si] = os.open(tar_path, os.O_RDONLY)
+                    offs, sizes = t.offsets[r], t.sizes[r]
+                    lo, hi = t.span[r]
+                    if not (chunk_si == si and chunk_lo <= lo and hi <= chunk_hi):
+                        # one read for this sample and the selected ones that closely follow it
+                        end, k = hi, r + 1
+                        while k < len(t.span) and t.span[k][0] - end <= _GAP and t.span[k][1] - lo <= _CHUNK:
+                            end, k = t.span[k][1], k + 1
+                        chunk = os.pread(fd, end - lo, lo)
+                        if len(chunk) != end - lo:
+                            raise InputError(f"{tar_path}: shard changed while resharding (short read at {lo})")
+                        chunk_mv, chunk_si, chunk_lo, chunk_hi = memoryview(chunk), si, lo, end
+                    files = [(x, chunk_mv[o - chunk_lo : o - chunk_lo + z]) for x, o, z in zip(t.exts[r], offs, sizes)]
+                    if boxes is not None and boxes.get(t.uids[r]):
+                        files, ok = _blur_sample(files, boxes[t.uids[r]], opts.get("reencode", "webp"), opts.get("quality", 100))
+                        blurred += ok
+                        blur_failed += not ok
+                    cached = (si, r)
+                uid = t.uids[r]
+                for j in range(j0, j0 + n):
+                    w.add(f"{uid}-{j}", files)
+                count += n
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    stats = Path(out_tar).with_name(Path(out_tar).stem + "_stats.json")
+    with atomic_path(stats, suffix=".json") as tmp:  # no fsync: the completion marker is the commit point
+        tmp.write_text(json.dumps({"successes": count}) + "\n")
+    return {"successes": count, "blurred": blurred, "blur_failed": blur_failed}
+
+
+def _blur_sample(files, bboxes, fmt: str, quality: int):
+    """Blur the sample's image; the blurred image replaces it (``webp`` by default, like the reference)."""
+    from ..pool.blur import blur_encoded
+
+    for i, (ext, data) in enumerate(files):
+        if ext in ("jpg", "jpeg", "png", "webp"):
+            try:
+                new, new_ext = blur_encoded(bytes(data), bboxes, fmt, quality)
+            except ValueError:
+                return files, False
+            rest = [(x, d) for j, (x, d) in enumerate(files) if j != i and x != new_ext]
+            return rest + [(new_ext, new)], True
+    return files, False
+
+
+def _shuffled_sources(lo: int, hi: int, bufsize: int, seed: int, total: int) -> np.ndarray:
+    """Emitted indices feeding output positions [lo, hi) when the sequence is shuffled in windows."""
+    out = []
+    for w in range(lo // bufsize, (hi - 1) // bufsize + 1):
+        w0, w1 = w * bufsize, min((w + 1) * bufsize, total)
+        perm = np.random.default_rng([seed, w]).permutation(w1 - w0) + w0
+        out.append(perm[max(lo, w0) - w0 : min(hi, w1) - w0])
+    return np.concatenate(out) if out else np.empty(0, np.int64)
+
+
+def _collect_bboxes(pool: Path, scan_paths: list[Path], work: Path) -> str:
+    """uid -> face_bboxes for the selected samples that have faces, from POOL/metadata (one file)."""
+    import pyarrow.compute as pc
+
+    path = work / "bboxes.parquet"
+    if path.is_file():
+        return str(path)
+    selected = pa.concat_tables([pq.read_table(p, columns=["uid"]) for p in scan_paths]).column("uid") \
+        if scan_paths else pa.chunked_array([], pa.string())
+    parts = []
+    for f in sorted((pool / "metadata").glob("*.parquet")):
+        names = pq.ParquetFile(f).schema_arrow.names
+        if "face_bboxes" not in names or "uid" not in names:
+            continue
+        t = pq.read_table(f, columns=["uid", "face_bboxes"])
+        has = pc.fill_null(pc.greater(pc.list_value_length(t.column("face_bboxes")), 0), False)
+        t = t.filter(has)
+        t = t.filter(pc.is_in(t.column("uid"), value_set=selected.combine_chunks() if len(selected) else pa.array([], pa.string())))
+        parts.append(t)
+    table = pa.concat_tables(parts) if parts else pa.table({"uid": pa.array([], pa.string()),
+                                                            "face_bboxes": pa.array([], pa.list_(pa.list_(pa.float64())))})
+    with atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+    return str(path)
 
 
 # ---- the stage -----------------------------------------------------------------------------------
@@ -341,11 +577,27 @@ def reshard(
     workers: int = 2,
     executor: str = "local",
     overwrite: bool = False,
+    shuffle_bufsize: int = 0,
+    seed: int = 0,
+    apply_blur: bool = False,
+    reencode: str = "webp",
+    quality: int = 100,
 ) -> Manifest:
-    """Write the subset's samples of ``pool`` (a pool dir with shards/, or a dir of tars) to ``out``."""
+    """Write the subset's samples of ``pool`` (a pool dir with shards/, or a dir of tars) to ``out``.
+
+    ``shuffle_bufsize`` > 0: the emitted sequence is shuffled in consecutive windows of that many
+    samples (seeded by ``seed``; a sample moves less than one window), instead of input order.
+    ``apply_blur``: blur the faces listed in ``POOL/metadata``'s ``face_bboxes`` (DATACOMP.md
+    §3.2) and re-encode those images as ``reencode`` (webp, quality 100, like the reference's
+    ``--apply-blur``); images without faces are copied unchanged.
+    """
     t_start = time.time()
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ConfigError(f"shard_size must be a positive integer, got {shard_size!r}")
+    if not isinstance(shuffle_bufsize, int) or shuffle_bufsize < 0:
+        raise ConfigError(f"shuffle_bufsize must be a non-negative integer, got {shuffle_bufsize!r}")
+    if reencode not in ("webp", "jpg"):
+        raise ConfigError(f"unknown re-encode format '{reencode}' (choose webp or jpg)")
     pool, subset, out = Path(pool), Path(subset), Path(out)
     shards = _input_shards(pool)
     sub = read_subset(subset, mmap=True)  # validates dtype and order
@@ -357,6 +609,12 @@ def reshard(
         "shard_size": shard_size,
         "output_shard_format": SHARD_FORMAT,
     }
+    if shuffle_bufsize:
+        params.update(shuffle_bufsize=shuffle_bufsize, seed=seed)
+    if apply_blur:
+        params.update(apply_blur=True, reencode=reencode, quality=quality)
+        if not list((pool / "metadata").glob("*.parquet")):
+            raise InputError(f"{pool}: --apply-blur needs the pool's metadata/*.parquet (face_bboxes)")
     existing = check_reusable(out, STAGE, params, overwrite)
     if existing is not None:
         log.info("%s: already resharded with these parameters, reusing it", out)
@@ -401,7 +659,11 @@ def reshard(
             missing_stats.append(p.name)
         weights[p.name] = max(1, int((st or {}).get("successes") or 1))
     units = [Unit(p.stem, (str(p), str(ids_path), str(scan_dir / f"{p.stem}.parquet")), weights[p.name]) for p in shards]
-    scans = run_units(scan_unit, units, scan_dir, workers=workers, executor=executor,
+    # The scan reads headers and jsons only (~50 µs a sample). With the local executor it runs in
+    # this process unless the pool is large: starting worker processes (~1-2 s) would cost more.
+    n_in = sum(weights.values())
+    scan_workers = workers if (executor != "local" or n_in >= SCAN_PARALLEL_MIN) else 1
+    scans = run_units(scan_unit, units, scan_dir, workers=scan_workers, executor=executor,
                       desc="reshard: scan", unit_label="samples")
     t_scan = time.time() - t0
 
@@ -410,19 +672,39 @@ def reshard(
     total = int(sum(emitted))
     n_out = (total + shard_size - 1) // shard_size
     starts = np.concatenate([[0], np.cumsum(emitted)]).astype(np.int64)
+    options: dict[str, Any] = {}
+    if apply_blur:
+        options.update(bboxes=_collect_bboxes(pool, [scan_dir / f"{p.stem}.parquet" for p in shards], work),
+                       reencode=reencode, quality=quality)
     pack_units = []
     for o in range(n_out):
         lo, hi = o * shard_size, min((o + 1) * shard_size, total)
         segs = []
-        for i, p in enumerate(shards):
-            a, b = max(lo, int(starts[i])), min(hi, int(starts[i + 1]))
-            if a < b:
-                segs.append((str(p), str(scan_dir / f"{p.stem}.parquet"), a - int(starts[i]), b - int(starts[i])))
-        pack_units.append(Unit(f"{o:08d}", (str(out / SHARD_FORMAT.format(o)), segs), hi - lo))
+        if shuffle_bufsize:
+            src = _shuffled_sources(lo, hi, shuffle_bufsize, seed, total)
+            shard_of = np.searchsorted(starts, src, side="right") - 1
+            used = sorted(set(shard_of.tolist()))
+            seg_of = {i: k for k, i in enumerate(used)}
+            for i in used:
+                p = shards[i]
+                segs.append((str(p), str(scan_dir / f"{p.stem}.parquet"), 0, int(emitted[i])))
+            order = [(seg_of[i], int(e - starts[i])) for i, e in zip(shard_of.tolist(), src.tolist())]
+            unit_opts: dict[str, Any] | None = {**options, "order": order}
+        else:
+            for i, p in enumerate(shards):
+                a, b = max(lo, int(starts[i])), min(hi, int(starts[i + 1]))
+                if a < b:
+                    segs.append((str(p), str(scan_dir / f"{p.stem}.parquet"), a - int(starts[i]), b - int(starts[i])))
+            unit_opts = options or None
+        args = (str(out / SHARD_FORMAT.format(o)), segs) + ((unit_opts,) if unit_opts else ())
+        pack_units.append(Unit(f"{o:08d}", args, hi - lo))
 
     # pass 2: pack ------------------------------------------------------------------------------
     t0 = time.time()
-    packed = run_units(pack_unit, pack_units, work / "pack", workers=workers, executor=executor,
+    # Packing runs near copy speed (~0.1 ms a sample); worker processes pay ~1-2 s each to start,
+    # so the local executor uses them only for outputs big enough to gain from them.
+    pack_workers = workers if (executor != "local" or total >= PACK_PARALLEL_MIN) else 1
+    packed = run_units(pack_unit, pack_units, work / "pack", workers=pack_workers, executor=executor,
                        desc="reshard: write", unit_label="samples")
     t_pack = time.time() - t0
     # stale shards from an earlier, larger output cannot survive: _clear ran unless params matched
@@ -468,12 +750,14 @@ def reshard(
         "corrupt_sample_count": int(sum(s["corrupt_samples"] for s in scans.values())),
         "unsafe_member_count": int(sum(s["unsafe_members"] for s in scans.values())),
         "corrupt_shard_count": len(corrupt_shards),
+        "broken_image_count": int(sum(s.get("broken_images", 0) for s in scans.values())),
+        "blur_count": int(sum(r.get("blurred", 0) for r in packed.values())),
+        "blur_failed_count": int(sum(r.get("blur_failed", 0) for r in packed.values())),
     }
     assert sum(r["successes"] for r in packed.values()) == total
     timings = {"scan": round(t_scan, 3), "write": round(t_pack, 3), "total": round(time.time() - t_start, 3)}
     meta = {
         **counts,
-        "blur_count": 0,
         "args": {**params, "output_dir": str(out.resolve()), "workers": workers, "executor": executor},
         "shards_without_stats": missing_stats,
         "count_mismatches": mismatches,
