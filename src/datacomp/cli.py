@@ -79,8 +79,52 @@ def cmd_reshard(a: argparse.Namespace) -> int:
     from .reshard import reshard
 
     m = reshard(Path(a.pool), Path(a.subset), Path(a.out), shard_size=a.shard_size, workers=a.workers,
-                executor=a.executor, overwrite=a.overwrite)
+                executor=a.executor, overwrite=a.overwrite, shuffle_bufsize=a.shuffle_bufsize, seed=a.seed,
+                apply_blur=a.apply_blur, reencode=a.reencode, quality=a.quality)
     print(json.dumps({"out": a.out, "counts": m.counts}, indent=2))
+    return 0
+
+
+def _download_options(a: argparse.Namespace):
+    from .pool.download import DownloadOptions
+
+    return DownloadOptions(
+        image_size=a.image_size, resize_mode=a.resize_mode, resize_only_if_bigger=not a.no_resize_only_if_bigger,
+        encode_format=a.encode_format, samples_per_shard=a.samples_per_shard, blur=not a.skip_bbox_blurring,
+        retries=a.retries, processes=a.processes, threads=a.threads, timeout=a.timeout,
+        max_seconds=a.max_seconds, max_bytes=a.max_bytes, max_pixels=a.max_pixels,
+    )
+
+
+def cmd_download(a: argparse.Namespace) -> int:
+    from .pool.download import download
+
+    m = download(Path(a.pool), metadata=a.metadata or None, scale=a.scale, options=_download_options(a),
+                 download_npz=a.download_npz, skip_shards=a.skip_shards, overwrite_metadata=a.overwrite_metadata,
+                 retry_rounds=a.retry_rounds)
+    print(json.dumps({"pool": a.pool, "counts": m.counts}, indent=2, default=str))
+    return 0
+
+
+def cmd_download_retry(a: argparse.Namespace) -> int:
+    from .pool.download import retry_failed, summarize
+
+    info = retry_failed(Path(a.pool), _download_options(a))
+    print(json.dumps({"retry": info, "summary": summarize(Path(a.pool))}, indent=2, default=str))
+    return 0
+
+
+def cmd_byod(a: argparse.Namespace) -> int:
+    from .pool.byod import byod_from_shards, byod_metadata
+
+    if bool(a.table) == bool(a.shards):
+        raise DatacompError("byod needs either --table PATH [...] or --shards DIR")
+    if a.table:
+        m = byod_metadata(a.table, Path(a.out), url_col=a.url_col, text_col=a.text_col,
+                          rows_per_file=a.rows_per_file, overwrite=a.overwrite)
+    else:
+        m = byod_from_shards(Path(a.shards), Path(a.out), workers=a.workers, executor=a.executor, overwrite=a.overwrite)
+    print(json.dumps({"pool": a.out, "counts": m.counts}, indent=2, default=str))
     return 0
 
 
@@ -89,8 +133,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     data = [Path(p) for p in a.data.split("::")]
     m = train(a.scale, data, Path(a.out), seed=a.seed, workers=a.workers, print_args=a.print_args,
-              resume=a.resume)
-    if not a.print_args and m is not None:
+              resume=a.resume, gpus=a.gpus, nodes=a.nodes, accum_freq=a.accum_freq, data_weights=a.data_weights,
+              precision=a.precision, device=a.device, report_to=a.report_to, wandb_project=a.wandb_project,
+              slurm=a.slurm, sbatch_options=a.sbatch or (), max_repeats=a.max_repeats, overwrite=a.overwrite)
+    if not a.print_args and not a.slurm and m is not None:
         print(json.dumps({"run": a.out, "counts": m.counts, "timings": m.timings}, indent=2))
     return 0
 
@@ -171,6 +217,51 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--shard-size", type=int, default=10000)
     sp.add_argument("--executor", choices=["local", "ray"], default="local")
+    sp.add_argument("--shuffle-bufsize", type=int, default=0, help="shuffle samples within windows of this size")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the shuffle")
+    sp.add_argument("--apply-blur", action="store_true", help="blur face_bboxes from the pool's metadata")
+    sp.add_argument("--reencode", choices=["webp", "jpg"], default="webp", help="format of blurred images")
+    sp.add_argument("--quality", type=int, default=100, help="re-encoding quality of blurred images")
+    sp.add_argument("--overwrite", action="store_true")
+    workers(sp)
+
+    def image_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--image-size", type=int, default=512)
+        sp.add_argument("--resize-mode", default="keep_ratio_largest")
+        sp.add_argument("--no-resize-only-if-bigger", action="store_true")
+        sp.add_argument("--encode-format", default="jpg")
+        sp.add_argument("--samples-per-shard", type=int, default=10000)
+        sp.add_argument("--skip-bbox-blurring", action="store_true", help="do not blur face_bboxes")
+        sp.add_argument("--retries", type=int, default=2)
+        sp.add_argument("--processes", type=int, default=2)
+        sp.add_argument("--threads", type=int, default=64)
+        sp.add_argument("--timeout", type=float, default=10.0, help="seconds per socket operation")
+        sp.add_argument("--max-seconds", type=float, default=30.0, help="seconds per whole transfer")
+        sp.add_argument("--max-bytes", type=int, default=32 * 1024 * 1024, help="largest file accepted")
+        sp.add_argument("--max-pixels", type=int, default=89_478_485, help="largest decoded image area accepted")
+
+    sp = add("download", cmd_download, "fetch CommonPool / your own metadata and download images with img2dataset")
+    sp.add_argument("--pool", required=True)
+    sp.add_argument("--metadata", nargs="*", help="local parquet files or directories (default: the DataComp hub repo of --scale)")
+    sp.add_argument("--scale", help="small, medium, large, xlarge or datacomp_1b (hub metadata; needs network)")
+    sp.add_argument("--download-npz", action="store_true")
+    sp.add_argument("--skip-shards", action="store_true", help="metadata only")
+    sp.add_argument("--overwrite-metadata", action="store_true")
+    sp.add_argument("--retry-rounds", type=int, default=0, help="re-fetch failed uids this many times")
+    image_flags(sp)
+
+    sp = add("download-retry", cmd_download_retry, "re-download only the failed uids of a finished download into new shards")
+    sp.add_argument("--pool", required=True)
+    image_flags(sp)
+
+    sp = add("byod", cmd_byod, "bring your own data: url/caption tables or existing shards -> a pool")
+    sp.add_argument("--out", required=True, help="pool directory to write")
+    sp.add_argument("--table", nargs="*", help="parquet or csv files with url and caption columns")
+    sp.add_argument("--url-col")
+    sp.add_argument("--text-col")
+    sp.add_argument("--rows-per-file", type=int, default=500_000)
+    sp.add_argument("--shards", help="a directory of webdataset tars")
+    sp.add_argument("--executor", choices=["local", "ray"], default="local")
     sp.add_argument("--overwrite", action="store_true")
     workers(sp)
 
@@ -181,6 +272,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--resume", default=None, help="'latest' or a checkpoint path")
     sp.add_argument("--print-args", action="store_true", help="print the open_clip command line and exit")
+    sp.add_argument("--data-weights", help="'::'-separated upsampling weight per --data source (e.g. 1::2)")
+    sp.add_argument("--gpus", type=int, help="GPUs (processes) per node (default: all visible; 1 on CPU)")
+    sp.add_argument("--nodes", type=int, default=1, help="nodes (> 1 needs --slurm or --print-args)")
+    sp.add_argument("--accum-freq", type=int, default=1, help="gradient accumulation: per-GPU batch = global / (world x accum)")
+    sp.add_argument("--precision", help="override the scale's precision (e.g. amp_bfloat16)")
+    sp.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
+    sp.add_argument("--slurm", metavar="OUT.sbatch", help="write a Slurm script (srun, one task per GPU) instead of training")
+    sp.add_argument("--sbatch", action="append", metavar="OPT", help="extra #SBATCH option, e.g. partition=gpu (repeatable)")
+    sp.add_argument("--report-to", choices=["tensorboard", "wandb", "wandb,tensorboard", "all"], help="also log to these")
+    sp.add_argument("--wandb-project", default=None, help="wandb project (default datanet, as the reference)")
+    sp.add_argument("--max-repeats", type=float, default=10.0, help="warn when a sample will be seen more often than this")
+    sp.add_argument("--overwrite", action="store_true", help="replace another run in --out")
     workers(sp, default=1)
 
     sp = add("evaluate", cmd_evaluate, "evaluate a trained run on a downstream suite")
