@@ -332,7 +332,6 @@ def test_bad_evalsets(tmp_path):
 def test_undecodable_images_skipped(tmp_path):
     ev = tmp_path / "ev"
     make_cls_task(ev, "synth/concepts", per_shard=[6], bad_images=2)
-    make_cls_task(ev, "wilds/fmow", per_shard=[2])  # worst-region metric not implemented: skipped
     run = make_run(tmp_path)
     res = evaluate(run, ev, workers=0)
     assert [r["key"] for r in res] == ["synth/concepts"]
@@ -426,8 +425,12 @@ def test_evaluate_errors_before_model_load(tmp_path):
     assert not calls
     with pytest.raises(InputError, match="synth/position"):
         evaluate(tmp_path / "norun", ev, tasks=["synth/position"], model_loader=lambda r: calls.append(r))
-    with pytest.raises(ConfigError, match="not implemented"):
-        evaluate(tmp_path / "norun", ev, tasks=["wilds/fmow"])
+    make_cls_task(ev, "wilds/fmow", per_shard=[2])  # no per-sample .npy metadata
+    with pytest.raises(FormatError, match=r"wilds/fmow.*0\.tar.*no \.npy or \.json metadata"):
+        evaluate(tmp_path / "norun", ev, tasks=["wilds/fmow"], model_loader=lambda r: calls.append(r))
+    assert not calls
+    import shutil
+    shutil.rmtree(ev / "wilds-fmow")
     (ev / "synth-concepts" / "test" / "1.tar").unlink()
     with pytest.raises(InputError, match="norun.*open_clip_config.json"):
         evaluate(tmp_path / "norun", ev, model_loader=load_run_model)

@@ -8,6 +8,17 @@
     test/{0..n-1}.tar                       samples: <key>.jpg|jpeg|png|webp + <key>.cls (ASCII int)
                                             retrieval: image + <key>.txt (one caption per line)
 
+The reference's folder names are accepted too: ``wds_<key, fairness/ dropped, '/' -> '-'>_test``
+(what its download_evalsets.py writes). Tasks with per-sample metadata (WILDS, Dollar Street,
+GeoDE, FairFace, synth worst-group tasks) carry ``<key>.npy`` (an integer vector, columns = the
+registry's ``metadata`` fields) or ``<key>.json`` (an object with those fields). FairFace / UTKFace
+have no ``.cls``: their labels are the metadata, and their class names / templates are prefixed
+``objective:`` (race, gender, age, toxic).
+
+Flickr, MSCOCO and WinoGAViL come from Hugging Face datasets (``nlphuji/*``); besides the wds
+layout they are read from parquet files under the task directory, or from the ``datasets``
+arrow cache the reference writes (``EVALSETS/hf_cache/nlphuji___<name>/``): see ``nlphuji.py``.
+
 ``open_evalset`` indexes a task directory (tar headers plus the small label / caption members, no
 image decoding) and checks it; ``check_evalsets`` does that for a whole suite before a model is
 loaded. Images are decoded later, by ``ImageDataset`` in DataLoader workers, reading each image
@@ -42,11 +53,19 @@ _TAR_RE = re.compile(r"^(\d+)\.tar$")
 @dataclass
 class EvalSample:
     key: str
-    shard: int  # index into EvalSet.shards
-    offset: int  # byte offset of the image data in the tar
+    shard: int  # index into EvalSet.shards; -1: image bytes held in EvalSet.blobs[offset]
+    offset: int  # byte offset of the image data in the file (0 and size -1: the whole file)
     size: int  # image byte count
     label: int | None = None
     captions: list[str] | None = None
+    meta: Any = None  # per-sample metadata (np.ndarray of ints, registry field order)
+
+
+@dataclass
+class WinoExample:
+    cue: str
+    images: list[int]  # indices into EvalSet.samples, in candidate order
+    gold: Any  # np.ndarray[bool], candidate is a gold association
 
 
 @dataclass
@@ -57,10 +76,23 @@ class EvalSet:
     samples: list[EvalSample]
     classnames: list[str] = field(default_factory=list)
     templates: list[str] = field(default_factory=list)
+    objectives: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)  # fairface
+    examples: list[WinoExample] = field(default_factory=list)  # winogavil
+    blob_loader: Callable[[], list[bytes]] | None = None  # images stored inside parquet / arrow
+    layout: str = "wds"
 
     @property
     def size(self) -> int:
-        return len(self.samples)
+        """Test-set size as the registry counts it (examples for WinoGAViL, images otherwise)."""
+        return len(self.examples) if self.examples else len(self.samples)
+
+    def metadata_array(self):
+        """(n, fields) int array of per-sample metadata, or None."""
+        import numpy as np
+
+        if not self.samples or self.samples[0].meta is None:
+            return None
+        return np.stack([s.meta for s in self.samples]).astype(np.int64)
 
     @property
     def n_captions(self) -> int:
@@ -103,6 +135,50 @@ def _split_name(name: str) -> tuple[str, str] | None:
     return (f"{head}/{stem}" if head else stem), ext.lower()
 
 
+def _decode_meta(tf: tarfile.TarFile, files: dict[str, tarfile.TarInfo], path: Path, task: Task, key: str):
+    """Per-sample metadata -> int vector in the registry's field order (None if the task has none)."""
+    import numpy as np
+
+    fields = task.metadata
+    if not fields:
+        return None
+    if "npy" in files:
+        f = tf.extractfile(files["npy"])
+        try:
+            arr = np.load(io.BytesIO(f.read() if f else b""), allow_pickle=False)
+        except Exception as e:  # noqa: BLE001 - any unreadable .npy names the sample
+            raise FormatError(f"task {task.key}: {path}: sample {key}.npy is not a NumPy array ({e})") from None
+        arr = np.asarray(arr).reshape(-1)
+        if arr.shape[0] != len(fields):
+            raise FormatError(f"task {task.key}: {path}: sample {key}.npy has {arr.shape[0]} values, "
+                              f"expected {len(fields)} ({', '.join(fields)})")
+        return arr.astype(np.int64)
+    if "json" in files:
+        raw = _member_text(tf, files["json"], path, task, key)
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise FormatError(f"task {task.key}: {path}: sample {key}.json is not JSON ({e.msg})") from None
+        out = []
+        for fld in fields:
+            if not isinstance(obj, dict) or fld not in obj:
+                raise FormatError(f"task {task.key}: {path}: sample {key}.json lacks metadata field '{fld}'")
+            v = obj[fld]
+            if isinstance(v, str):
+                names = (task.value_names or {}).get(fld)
+                if not names or v not in names:
+                    raise FormatError(f"task {task.key}: {path}: sample {key}.json: {fld}={v!r} is not one of "
+                                      f"the registry's value_names for '{fld}'")
+                v = names.index(v)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise FormatError(f"task {task.key}: {path}: sample {key}.json: {fld} must be a "
+                                  f"non-negative integer or a named value, got {v!r}")
+            out.append(v)
+        return np.asarray(out, dtype=np.int64)
+    raise FormatError(f"task {task.key}: {path}: sample {key} has no .npy or .json metadata "
+                      f"({', '.join(fields)})")
+
+
 def _index_tar(path: Path, shard: int, task: Task, n_classes: int | None) -> list[EvalSample]:
     try:
         tf = tarfile.open(path, "r:")
@@ -135,6 +211,8 @@ def _index_tar(path: Path, shard: int, task: Task, n_classes: int | None) -> lis
                 s.captions = [c.strip() for c in text.splitlines() if c.strip()]
                 if not s.captions:
                     raise FormatError(f"task {task.key}: {path}: sample {key} has an empty .txt")
+            elif task.type == "fairness":
+                s.meta = _decode_meta(tf, files, path, task, key)
             else:
                 if "cls" not in files:
                     raise FormatError(f"task {task.key}: {path}: sample {key} has an image but no .cls label")
@@ -151,6 +229,7 @@ def _index_tar(path: Path, shard: int, task: Task, n_classes: int | None) -> lis
                         f"0..{n_classes - 1} ({CLASSNAMES} lists {n_classes} classes)"
                     )
                 s.label = label
+                s.meta = _decode_meta(tf, files, path, task, key)
             samples.append(s)
     return samples
 
@@ -164,17 +243,42 @@ def _member_text(tf: tarfile.TarFile, m: tarfile.TarInfo, path: Path, task: Task
         raise FormatError(f"task {task.key}: {path}: sample {key}.{m.name.rsplit('.', 1)[-1]} is not UTF-8") from None
 
 
+def task_root(evalsets: str | os.PathLike, task: Task) -> Path | None:
+    """The task's directory under ``evalsets``: ours (``<key with '/' -> '-'>``), the reference's
+    (``wds_<...>_test``), or for nlphuji tasks the reference's ``hf_cache/nlphuji___<name>``."""
+    d = Path(evalsets)
+    cands = [d / task.dirname, d / task.reference_dirname]
+    if task.source == "nlphuji" and task.hf_repo:
+        cands.append(d / "hf_cache" / task.hf_repo.replace("/", "___"))
+    for c in cands:
+        if c.is_dir():
+            return c
+    return None
+
+
 def open_evalset(evalsets: str | os.PathLike, task: Task | str) -> EvalSet:
     """Index and check one task's directory; raises InputError / FormatError naming task and file."""
     task = get_task(task) if isinstance(task, str) else task
-    root = Path(evalsets) / task.dirname
-    if not root.is_dir():
-        raise InputError(f"task {task.key}: eval set directory {root} does not exist")
-    if task.type not in ("zeroshot_classification", "retrieval"):
+    root = task_root(evalsets, task)
+    if root is None:
+        raise InputError(f"task {task.key}: eval set directory {Path(evalsets) / task.dirname} does not exist")
+    if task.type not in ("zeroshot_classification", "retrieval", "winogavil", "fairness"):
         raise ConfigError(f"task {task.key}: evaluating type '{task.type}' is not implemented")
+    if task.source == "nlphuji" and not (root / "test" / "nshards.txt").is_file():
+        from .nlphuji import open_nlphuji
+
+        return open_nlphuji(root, task)
+    if task.type == "winogavil":
+        raise InputError(f"task {task.key}: {root} holds no parquet / arrow files of nlphuji/winogavil")
     classnames: list[str] = []
     templates: list[str] = []
+    objectives: dict[str, tuple[list[str], list[str]]] = {}
     n_classes = None
+    if task.type == "fairness":
+        for fname in (CLASSNAMES, TEMPLATES):
+            if not (root / fname).is_file():
+                raise InputError(f"task {task.key}: {root / fname} is missing")
+        objectives = _fairness_objectives(root, task)
     if task.type == "zeroshot_classification":
         for fname in (CLASSNAMES, TEMPLATES):
             if not (root / fname).is_file():
@@ -195,7 +299,28 @@ def open_evalset(evalsets: str | os.PathLike, task: Task | str) -> EvalSet:
         samples.extend(_index_tar(p, i, task, n_classes))
     if not samples:
         raise FormatError(f"task {task.key}: {root / 'test'} holds no image samples")
-    return EvalSet(task=task, root=root, shards=shards, samples=samples, classnames=classnames, templates=templates)
+    return EvalSet(task=task, root=root, shards=shards, samples=samples, classnames=classnames,
+                   templates=templates, objectives=objectives)
+
+
+def _fairness_objectives(root: Path, task: Task) -> dict[str, tuple[list[str], list[str]]]:
+    """FairFace / UTKFace: ``objective:name`` class names and ``objective:template`` templates."""
+    from .metrics import FAIRNESS_OBJECTIVES
+
+    out: dict[str, tuple[list[str], list[str]]] = {o: ([], []) for o in FAIRNESS_OBJECTIVES}
+    for fname, slot in ((CLASSNAMES, 0), (TEMPLATES, 1)):
+        for line in _read_lines(root / fname, task):
+            obj, sep, rest = line.partition(":")
+            if not sep or obj not in out:
+                raise FormatError(f"task {task.key}: {root / fname}: line {line[:40]!r} does not start with one of "
+                                  f"{', '.join(o + ':' for o in FAIRNESS_OBJECTIVES)}")
+            out[obj][slot].append(rest)
+    for o, (names, temps) in out.items():
+        if not names or not temps:
+            raise FormatError(f"task {task.key}: {root}: objective '{o}' needs class names and templates")
+        if any("{c}" not in t for t in temps):
+            raise FormatError(f"task {task.key}: {root / TEMPLATES}: an '{o}:' template lacks '{{c}}'")
+    return out
 
 
 def present_tasks(evalsets: str | os.PathLike) -> list[Task]:
@@ -203,8 +328,7 @@ def present_tasks(evalsets: str | os.PathLike) -> list[Task]:
     d = Path(evalsets)
     if not d.is_dir():
         raise InputError(f"{d}: eval sets directory does not exist")
-    names = {p.name for p in d.iterdir() if p.is_dir()}
-    return [t for t in load_tasks() if t.dirname in names]
+    return [t for t in load_tasks() if task_root(d, t) is not None]
 
 
 def _local_expectations(d: Path) -> dict[str, dict[str, Any]]:
@@ -237,7 +361,8 @@ def check_evalsets(evalsets: str | os.PathLike, tasks: Iterable[str | Task] | No
     else:
         wanted = [get_task(t) if isinstance(t, str) else t for t in tasks]
     present_keys = {t.key for t in present}
-    known_dirs = {t.dirname for t in load_registry().tasks}
+    known_dirs = {t.dirname for t in load_registry().tasks} | {t.reference_dirname for t in load_registry().tasks}
+    known_dirs.add("hf_cache")
     report: dict[str, Any] = {
         "evalsets": str(d),
         "registry_version": load_registry().version,
@@ -271,10 +396,28 @@ def check_evalsets(evalsets: str | os.PathLike, tasks: Iterable[str | Task] | No
             "shards": len(es.shards),
             "problems": problems,
         }
+        entry["layout"] = es.layout
         if t.type == "retrieval":
             entry["captions"] = es.n_captions
         report["present"].append(entry)
     return report
+
+
+def format_check(report: dict[str, Any]) -> list[str]:
+    """``check_evalsets`` report -> printable lines (for ``datacomp evaluate --check``)."""
+    lines = [f"eval sets {report['evalsets']} (task registry v{report['registry_version']})"]
+    for e in report["present"]:
+        exp = f"/{e['expected_size']}" if e.get("expected_size") is not None else ""
+        extra = f", {e['captions']} captions" if "captions" in e else ""
+        cls = f", {e['classes']} classes" if e.get("classes") else ""
+        status = "ok" if not e["problems"] else "; ".join(e["problems"])
+        lines.append(f"  present  {e['key']:<52} {e['size']}{exp} samples{cls}{extra}  [{status}]")
+    for k in report["missing"]:
+        lines.append(f"  missing  {k}")
+    for d in report["unknown_dirs"]:
+        lines.append(f"  unknown  {d}/ (not a registry task)")
+    lines.append(f"{len(report['present'])} present, {len(report['missing'])} missing")
+    return lines
 
 
 class ImageDataset(Dataset):
@@ -286,6 +429,7 @@ class ImageDataset(Dataset):
     def __init__(self, evalset: EvalSet, preprocess: Callable[[Any], torch.Tensor]):
         self.paths = [str(p) for p in evalset.shards]
         self.locs = [(s.shard, s.offset, s.size) for s in evalset.samples]
+        self.blobs = evalset.blob_loader() if evalset.blob_loader is not None else None
         self.preprocess = preprocess
         self._files: dict[int, Any] = {}
         self._pid = None
@@ -294,6 +438,8 @@ class ImageDataset(Dataset):
         return len(self.locs)
 
     def _read(self, shard: int, offset: int, size: int) -> bytes:
+        if shard < 0:
+            return self.blobs[offset]
         if self._pid != os.getpid():  # fresh handles in each worker process
             self._files = {}
             self._pid = os.getpid()
@@ -301,13 +447,13 @@ class ImageDataset(Dataset):
         if f is None:
             f = self._files[shard] = open(self.paths[shard], "rb")
         f.seek(offset)
-        return f.read(size)
+        return f.read(size) if size >= 0 else f.read()
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None]:
         from PIL import Image
 
-        data = self._read(*self.locs[i])
         try:
+            data = self._read(*self.locs[i])
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
                 return i, self.preprocess(im)

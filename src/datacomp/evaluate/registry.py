@@ -5,7 +5,7 @@ whose key starts with ``synth/``: the embedded world's analogues).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -15,6 +15,8 @@ from ..config import resource_path
 from ..errors import ConfigError
 
 TASK_TYPES = ("zeroshot_classification", "retrieval", "winogavil", "fairness")
+# how a classification task's extra metrics are computed (null = acc1 / acc5 / mean per-class recall only)
+EVALUATORS = (None, "group", "wilds_iwildcam", "wilds_fmow", "fairface")
 SUITES = ("datacomp", "synth")
 SYNTH_PREFIX = "synth/"
 
@@ -30,11 +32,29 @@ class Task:
     size: int | None = None
     classes: int | None = None
     chance: float | None = None
+    # group metrics (WILDS, Dollar Street, GeoDE, FairFace, synth worst-group tasks)
+    evaluator: str | None = None
+    metadata: tuple[str, ...] | None = None  # per-sample metadata fields, in .npy column order
+    group_by: tuple[str, ...] | None = None  # fields whose combinations are the groups ("group")
+    topk: int = 1  # accuracy per group: top-1 (acc_*) or top-5 (acc_top5_*)
+    value_names: dict[str, list[str]] | None = field(default=None, hash=False)  # field -> names of its integer values
+    source: str = "wds"  # wds (clip_benchmark layout) | nlphuji (HF dataset: parquet / arrow)
+    hf_repo: str | None = None  # where `download_evalsets` fetches it from
 
     @property
     def dirname(self) -> str:
         """Eval-set directory name (clip_benchmark convention: '/' -> '-')."""
         return task_dirname(self.key)
+
+    @property
+    def reference_dirname(self) -> str:
+        """The reference's local folder name: ``wds_<key, fairness/ dropped, '/' -> '-'>_test``."""
+        return "wds_" + self.key.removeprefix("fairness/").replace("/", "-") + "_test"
+
+    @property
+    def repo(self) -> str:
+        """Hugging Face dataset repo of the eval set (the reference's sources)."""
+        return self.hf_repo or "djghosh/" + self.reference_dirname
 
     @property
     def suite(self) -> str:
@@ -45,7 +65,11 @@ class Task:
         return self.main_metric is not None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for k in ("metadata", "group_by"):
+            if d[k] is not None:
+                d[k] = list(d[k])
+        return d
 
 
 @dataclass(frozen=True)
@@ -69,7 +93,20 @@ def load_registry() -> Registry:
     tasks = []
     seen = set()
     for t in raw["tasks"]:
-        task = Task(**t)
+        t = dict(t)
+        for k in ("metadata", "group_by"):
+            if t.get(k) is not None:
+                t[k] = tuple(t[k])
+        try:
+            task = Task(**t)
+        except TypeError as e:
+            raise ConfigError(f"{path}: task {t.get('key')}: {e}") from None
+        if task.evaluator not in EVALUATORS:
+            raise ConfigError(f"{path}: task {task.key}: unknown evaluator '{task.evaluator}'")
+        if task.evaluator in ("group", "wilds_fmow", "fairface") and not task.metadata:
+            raise ConfigError(f"{path}: task {task.key}: evaluator '{task.evaluator}' needs 'metadata' fields")
+        if task.evaluator == "group" and not (task.group_by and set(task.group_by) <= set(task.metadata or ())):
+            raise ConfigError(f"{path}: task {task.key}: 'group_by' must name fields of 'metadata'")
         if task.type not in TASK_TYPES:
             raise ConfigError(f"{path}: task {task.key}: unknown type '{task.type}'")
         if task.key in seen:

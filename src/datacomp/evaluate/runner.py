@@ -14,14 +14,23 @@ from ..formats.results import RESULTS_NAME, append_result, latest_by_key, read_r
 from .evalsets import EvalSet, check_evalsets, open_evalset, present_tasks
 from .model import ModelLoader, default_loader, load_run_model
 from .registry import Task, get_task, registry_version
-from .zeroshot import zeroshot_classification, zeroshot_retrieval
+from .zeroshot import auto_batch_size, fairness_classification, winogavil, zeroshot_classification, zeroshot_retrieval
 
 log = logging.getLogger(__name__)
 
 # main metrics each task type computes here (the others raise before the model is loaded)
 SUPPORTED_METRICS = {
-    "zeroshot_classification": {"acc1", "acc5", "mean_per_class_recall", "F1-macro_all"},
+    "zeroshot_classification": {"acc1", "acc5", "mean_per_class_recall", "F1-macro_all", "acc_wg",
+                                "acc_top5_wg", "acc_worst_region", "acc_worst_year"},
     "retrieval": {"mean_recall@1"},
+    "winogavil": {"jaccard_score_10-12", "avg_jaccard_score"},
+    "fairness": set(),
+}
+RUNNERS = {
+    "zeroshot_classification": zeroshot_classification,
+    "retrieval": zeroshot_retrieval,
+    "winogavil": winogavil,
+    "fairness": fairness_classification,
 }
 
 
@@ -57,7 +66,7 @@ def evaluate(
     evalsets: str | os.PathLike,
     out: str | os.PathLike | None = None,
     tasks: list[str] | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     model_loader: ModelLoader | None = None,
     workers: int = 2,
     device: str | None = None,
@@ -67,7 +76,7 @@ def evaluate(
     ``tasks``: task keys (default: every registry task with a directory in ``evalsets``).
     Results go to ``out`` (default ``run/eval_results.jsonl``), one line per task as it finishes;
     tasks already in ``out`` are skipped. ``model_loader(run) -> (model, preprocess, tokenizer)``
-    overrides how the model is loaded. Returns the result rows of the selected tasks (already
+    overrides how the model is loaded. ``batch_size`` None = chosen for the device. Returns the result rows of the selected tasks (already
     present or new), in registry / request order.
     """
     run = Path(run)
@@ -103,14 +112,12 @@ def evaluate(
         else:
             model, preprocess, tokenizer = loader(run)
         model = model.to(dev).eval()
+        bs = batch_size or auto_batch_size(dev)
         log.info("loaded model of %s in %.1fs (%s)", run, time.time() - t0, dev)
         for t in todo:
             t1 = time.time()
             es = opened[t.key]
-            if t.type == "zeroshot_classification":
-                metrics, _ = zeroshot_classification(model, preprocess, tokenizer, es, batch_size, workers)
-            else:
-                metrics, _ = zeroshot_retrieval(model, preprocess, tokenizer, es, batch_size, workers)
+            metrics, _ = RUNNERS[t.type](model, preprocess, tokenizer, es, bs, workers)
             metrics["main_metric"] = metrics.get(t.main_metric) if t.main_metric else None
             row = {"key": t.key, "dataset": t.name, "metrics": metrics, "registry_version": version}
             append_result(out, row)

@@ -1,4 +1,6 @@
-"""Zero-shot classification and image-text retrieval as clip_benchmark runs them (DATACOMP.md §5.1)."""
+"""Zero-shot classification, image-text retrieval, WinoGAViL and the FairFace / UTKFace heads, as
+the reference runs them (DATACOMP.md §5.1): clip_benchmark's classifier and recall, the
+reference's WILDS / fairness / WinoGAViL evaluators for the extra metrics."""
 from __future__ import annotations
 
 import contextlib
@@ -9,8 +11,20 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+import numpy as np
+
 from .evalsets import EvalSet, ImageDataset, collate_images
-from .metrics import classification_metrics, retrieval_metrics
+from .metrics import (
+    FAIRNESS_OBJECTIVES,
+    classification_metrics,
+    fairness_metrics,
+    fmow_metrics,
+    retrieval_metrics,
+    winogavil_metrics,
+    winogavil_prediction,
+    winogavil_prompt,
+    worst_group_accuracy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +46,73 @@ def format_template(template: str, classname: str) -> str:
     return template.replace("{c}", classname)
 
 
+def _trim_position(model, tokens: torch.Tensor) -> torch.Tensor | None:
+    """Per row, the position the text tower pools from, when cutting the padded context after it
+    cannot change the result; else None.
+
+    That holds for open_clip's ``CLIP`` text tower with a causal attention mask and argmax / eos
+    pooling: the pooled token only attends to the tokens before it, so the padding after the
+    longest sequence of a batch is dead weight (77 positions where prompts use ~10-20).
+    """
+    try:
+        from open_clip.model import CLIP
+    except ImportError:  # pragma: no cover
+        return None
+    if type(model) is not CLIP or getattr(model, "attn_mask", None) is None:
+        return None
+    mask = model.attn_mask
+    n = mask.shape[0]
+    if tokens.shape[1] != n or not torch.equal(torch.isinf(mask), torch.ones(n, n, dtype=torch.bool, device=mask.device).triu(1)):
+        return None
+    if model.text_pool_type == "argmax":
+        return tokens.argmax(dim=-1)
+    if model.text_pool_type == "eos" and getattr(model, "text_eos_id", None) is not None:
+        return (tokens == model.text_eos_id).int().argmax(dim=-1)
+    return None
+
+
+def _encode_text_trimmed(model, tokens: torch.Tensor, length: int) -> torch.Tensor:
+    """open_clip ``CLIP.encode_text`` over the first ``length`` positions only."""
+    from open_clip.transformer import text_global_pool
+
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+    return x
+
+
 @torch.no_grad()
 def encode_texts(model, tokenizer, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-    """L2-normalised text embeddings (float32, on the model's device)."""
+    """L2-normalised text embeddings (float32, on the model's device), in ``texts`` order.
+
+    Texts are encoded in batches of similar length, each cut after its longest prompt where the
+    model allows it (``_trim_position``), which gives the same embeddings for a fraction of the work.
+    """
     device = _device_of(model)
-    out = []
+    if not texts:
+        return torch.empty(0)
+    tokens = tokenizer(texts)
+    pos = _trim_position(model, tokens)
+    order = torch.argsort(pos, stable=True) if pos is not None else torch.arange(len(texts))
+    chunks = []
     for i in range(0, len(texts), batch_size):
-        tokens = tokenizer(texts[i : i + batch_size]).to(device)
+        idx = order[i : i + batch_size]
+        tok = tokens[idx].to(device)
         with _autocast(device):
-            emb = model.encode_text(tokens)
-        out.append(F.normalize(emb.float(), dim=-1))
-    return torch.cat(out) if out else torch.empty(0)
+            if pos is not None:
+                emb = _encode_text_trimmed(model, tok, int(pos[idx].max()) + 1)
+            else:
+                emb = model.encode_text(tok)
+        chunks.append(F.normalize(emb.float(), dim=-1))
+    out = torch.empty(len(texts), chunks[0].shape[1], device=chunks[0].device)
+    out[order.to(out.device)] = torch.cat(chunks)
+    return out
 
 
 @torch.no_grad()
@@ -99,9 +169,15 @@ def zeroshot_classification(
     idx, feats, failed = encode_images(model, evalset, preprocess, batch_size, workers, autocast=False)
     labels = torch.tensor([evalset.samples[i].label for i in idx.tolist()], dtype=torch.long)
     logits = 100.0 * feats @ classifier if len(idx) else torch.empty(0, len(evalset.classnames))
-    metrics = classification_metrics(
-        logits.cpu(), labels, len(evalset.classnames), f1=evalset.task.main_metric == "F1-macro_all"
-    )
+    task = evalset.task
+    metrics = classification_metrics(logits.cpu(), labels, len(evalset.classnames), f1=task.evaluator == "wilds_iwildcam")
+    if task.evaluator in ("group", "wilds_fmow") and len(idx):
+        md = evalset.metadata_array()[idx.numpy()]
+        if task.evaluator == "group":
+            metrics.update(worst_group_accuracy(logits.cpu(), labels, md, task.metadata, task.group_by, topk=task.topk))
+        else:
+            names = (task.value_names or {}).get("region")
+            metrics.update(fmow_metrics(logits.cpu(), labels, md, task.metadata, region_names=names))
     metrics["n_samples"] = int(len(idx))
     metrics["n_skipped"] = int(failed)
     return metrics, {"indices": idx, "logits": logits.cpu(), "labels": labels}
@@ -127,3 +203,51 @@ def zeroshot_retrieval(
     metrics["n_captions"] = len(texts)
     metrics["n_skipped"] = int(failed)
     return metrics, {"scores": scores, "text_to_image": t2i}
+
+
+@torch.no_grad()
+def fairness_classification(
+    model, preprocess, tokenizer, evalset: EvalSet, batch_size: int = 256, workers: int = 2
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """FairFace / UTKFace: one zero-shot head per objective (race, gender, age, toxic), argmax per
+    head, then the reference's group tables (no main metric)."""
+    heads = [class_embeddings(model, tokenizer, *evalset.objectives[o], batch_size) for o in FAIRNESS_OBJECTIVES]
+    idx, feats, failed = encode_images(model, evalset, preprocess, batch_size, workers, autocast=False)
+    preds = np.stack([(100.0 * feats @ w).argmax(dim=1).cpu().numpy() for w in heads], axis=1) if len(idx) else np.zeros((0, 4), int)
+    md = evalset.metadata_array()[idx.numpy()] if len(idx) else np.zeros((0, 4), int)
+    metrics: dict[str, Any] = fairness_metrics(preds, md) if len(idx) else {}
+    metrics["n_samples"] = int(len(idx))
+    metrics["n_skipped"] = int(failed)
+    return metrics, {"indices": idx, "preds": preds}
+
+
+@torch.no_grad()
+def winogavil(
+    model, preprocess, tokenizer, evalset: EvalSet, batch_size: int = 256, workers: int = 2
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Score each candidate image by cosine to the cue prompt; predict the top-n (n = number of
+    gold associations); Jaccard against the gold set. A candidate whose image does not decode
+    scores -inf (counted in ``n_skipped``)."""
+    idx, feats, failed = encode_images(model, evalset, preprocess, batch_size, workers, autocast=True)
+    pos = {i: j for j, i in enumerate(idx.tolist())}
+    prompts = encode_texts(model, tokenizer, [winogavil_prompt(e.cue) for e in evalset.examples], batch_size)
+    gold, pred = [], []
+    for e, t in zip(evalset.examples, prompts):
+        rows = [pos.get(i) for i in e.images]
+        ok = [r for r in rows if r is not None]
+        sc = np.full(len(rows), -np.inf)
+        if ok:
+            vals = (feats[ok] @ t).cpu().numpy()
+            sc[[k for k, r in enumerate(rows) if r is not None]] = vals
+        gold.append(np.asarray(e.gold, bool))
+        pred.append(winogavil_prediction(sc, int(np.sum(e.gold))))
+    metrics: dict[str, Any] = winogavil_metrics(gold, pred)
+    metrics["n_samples"] = len(evalset.examples)
+    metrics["n_skipped"] = int(failed)
+    return metrics, {"gold": gold, "pred": pred}
+
+
+def auto_batch_size(device: torch.device | str) -> int:
+    """Images per forward pass: 256 on a GPU, 64 on a CPU (larger CPU batches gain nothing and
+    delay the first results)."""
+    return 256 if torch.device(device).type == "cuda" else 64

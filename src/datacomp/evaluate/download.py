@@ -1,0 +1,104 @@
+"""``download_evalsets(dest, tasks)``: fetch the reference's eval sets from Hugging Face (online only).
+
+Where each task comes from (DATACOMP.md §1.6, §5.1):
+
+- classification / fairness tasks: dataset repo ``djghosh/wds_<task>_test`` (``Task.repo``):
+  ``classnames.txt``, ``zeroshot_classification_templates.txt``, ``test/nshards.txt``, then
+  ``test/{0..n-1}.tar``, into ``DEST/<task-dir>/`` (our layout; clip_benchmark reads it as is);
+- Flickr, MSCOCO, WinoGAViL: dataset repos ``nlphuji/<name>``; their parquet export
+  (``refs/convert/parquet``) goes to ``DEST/<task-dir>/`` and is read by ``nlphuji.py``.
+
+``huggingface_hub`` does the transfer: partial files are kept under ``.incomplete`` names, files
+already present with the same ETag (LFS sha256) are not fetched again, so an interrupted download
+resumes. Nothing here runs when ``HF_HUB_OFFLINE`` is set: it refuses with one line instead.
+Each task is checked with ``open_evalset`` once downloaded.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import DatacompError, InputError
+from .evalsets import CLASSNAMES, TEMPLATES, open_evalset
+from .registry import Task, get_task, load_tasks
+
+log = logging.getLogger(__name__)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
+
+
+def _hub():
+    """The huggingface_hub functions used (one seam, replaced in tests)."""
+    import huggingface_hub
+
+    return huggingface_hub
+
+
+def download_evalsets(
+    dest: str | os.PathLike, tasks: Iterable[str] | None = None, token: str | None = None
+) -> dict[str, Any]:
+    """Download the eval sets of ``tasks`` (default: the 40 reference tasks) into ``dest``.
+
+    Returns ``{"dest", "downloaded": [keys], "report": check_evalsets-like entries}``. Raises
+    InputError (one line) when offline, or when a task cannot be fetched.
+    """
+    dest = Path(dest)
+    selected = [get_task(k) for k in tasks] if tasks is not None else load_tasks("datacomp")
+    synth = [t.key for t in selected if t.suite == "synth"]
+    if synth:
+        raise InputError(f"task(s) {', '.join(synth)} belong to the embedded world: `datacomp synth` writes them")
+    if _offline():
+        raise InputError(
+            f"download-evalsets needs network access to huggingface.co but HF_HUB_OFFLINE is set; "
+            f"unset it on an online machine, or copy the eval sets into {dest}"
+        )
+    hub = _hub()
+    dest.mkdir(parents=True, exist_ok=True)
+    done, report = [], []
+    for t in selected:
+        try:
+            if t.source == "nlphuji":
+                _download_nlphuji(hub, t, dest, token)
+            else:
+                _download_wds(hub, t, dest, token)
+        except DatacompError:
+            raise
+        except Exception as e:  # noqa: BLE001 - network / hub errors: one line naming the task
+            raise InputError(f"task {t.key}: download from {t.repo} failed: {str(e).splitlines()[0][:300]}") from None
+        es = open_evalset(dest, t)
+        done.append(t.key)
+        report.append({"key": t.key, "dir": str(es.root), "size": es.size, "expected_size": t.size})
+        log.info("%s: %d samples in %s", t.key, es.size, es.root)
+    return {"dest": str(dest), "downloaded": done, "report": report}
+
+
+def _download_wds(hub, t: Task, dest: Path, token: str | None) -> None:
+    local = dest / t.dirname
+
+    def get(name: str, required: bool = True) -> Path | None:
+        try:
+            return Path(hub.hf_hub_download(repo_id=t.repo, repo_type="dataset", filename=name,
+                                            local_dir=str(local), token=token))
+        except Exception as e:  # noqa: BLE001
+            if not required and type(e).__name__ in ("EntryNotFoundError", "RemoteEntryNotFoundError"):
+                return None
+            raise
+
+    if t.type != "retrieval":
+        get(CLASSNAMES)
+        get(TEMPLATES)
+    nfile = get("test/nshards.txt")
+    raw = nfile.read_text().strip() if nfile else ""
+    if not raw.isdigit():
+        raise InputError(f"task {t.key}: {nfile} from {t.repo} does not hold a shard count ({raw[:40]!r})")
+    for i in range(int(raw)):
+        get(f"test/{i}.tar")
+
+
+def _download_nlphuji(hub, t: Task, dest: Path, token: str | None) -> None:
+    hub.snapshot_download(repo_id=t.repo, repo_type="dataset", revision="refs/convert/parquet",
+                          local_dir=str(dest / t.dirname), allow_patterns=["*.parquet", "**/*.parquet"], token=token)
