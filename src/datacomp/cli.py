@@ -14,8 +14,8 @@ from .errors import DatacompError
 
 log = logging.getLogger("datacomp")
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Verbs whose job is to fetch from the Hugging Face hub; every other verb runs offline by default.
+HUB_VERBS = {"download", "download-evalsets"}
 
 
 def _parse_sets(items: list[str] | None) -> dict[str, Any]:
@@ -142,14 +142,28 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .evaluate import aggregate, evaluate
+    from .evaluate import aggregate, check_evalsets, evaluate, format_check
 
     tasks = a.tasks.split(",") if a.tasks else None
+    if a.check:
+        for line in format_check(check_evalsets(Path(a.evalsets), tasks=tasks)):
+            print(line)
+        return 0
+    if not a.run:
+        raise DatacompError("evaluate needs --run RUN (or --check)")
     out = Path(a.out) if a.out else None
     results = evaluate(Path(a.run), Path(a.evalsets), out=out, tasks=tasks)
     for r in results:
         print(f"{r['key']:40s} {r['metrics'].get('main_metric')}")
     print(json.dumps(aggregate(results), indent=2))
+    return 0
+
+
+def cmd_download_evalsets(a: argparse.Namespace) -> int:
+    from .evaluate import download_evalsets
+
+    tasks = a.tasks.split(",") if a.tasks else None
+    print(json.dumps(download_evalsets(Path(a.dest), tasks=tasks), indent=2, default=str))
     return 0
 
 
@@ -287,10 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     workers(sp, default=1)
 
     sp = add("evaluate", cmd_evaluate, "evaluate a trained run on a downstream suite")
-    sp.add_argument("--run", required=True)
+    sp.add_argument("--run", help="training run directory")
     sp.add_argument("--evalsets", required=True)
+    sp.add_argument("--check", action="store_true", help="only check which tasks are present and well-formed")
     sp.add_argument("--out", help="results file (default RUN/eval_results.jsonl)")
     sp.add_argument("--tasks", help="comma-separated task keys (default: every task present)")
+
+    sp = add("download-evalsets", cmd_download_evalsets, "download the DataComp evaluation sets (needs network)")
+    sp.add_argument("dest", help="directory to write the eval sets to")
+    sp.add_argument("--tasks", help="comma-separated task keys (default: all 40)")
 
     sp = add("run", cmd_run, "the whole loop for several recipes at one scale")
     sp.add_argument("--scale", required=True)
@@ -308,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
+    if a.verb not in HUB_VERBS:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
