@@ -137,7 +137,7 @@ def test_resharded_shards_hold_exactly_the_subset(loop):
             for s in samples:
                 keys.append(s.key)
                 uids.append(s.meta["uid"])
-                assert s.image_bytes()[:2] == b"\xff\xd8" and s.text
+                assert s.image_bytes()[:2] == b"\xff\xd8" and "txt" in s.files
         assert sorted(uids) == subset and total == len(subset)
         assert keys == [f"{u}-0" for u in uids]
         meta = json.loads((out / "meta.json").read_text())
