@@ -18,11 +18,11 @@ def square_and_log(x: int, log_path: str) -> dict:
     return {"value": x * x}
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_results_in_unit_order(tmp_path, workers):
+@pytest.mark.parametrize("workers,executor", [(1, "local"), (2, "local"), (2, "threads")])
+def test_results_in_unit_order(tmp_path, workers, executor):
     log = tmp_path / "calls.txt"
     units = [Unit(f"u{i}", (i, str(log))) for i in range(5)]
-    res = run_units(square_and_log, units, tmp_path / "out", workers=workers)
+    res = run_units(square_and_log, units, tmp_path / "out", workers=workers, executor=executor)
     assert list(res) == [f"u{i}" for i in range(5)]
     assert [r["value"] for r in res.values()] == [0, 1, 4, 9, 16]
 

@@ -58,12 +58,16 @@ def run_units(
         from .local import map_local
 
         stream = map_local(fn, todo, workers)
+    elif executor == "threads":
+        from .local import map_threads
+
+        stream = map_threads(fn, todo, workers)
     elif executor == "ray":
         from .ray_executor import map_ray
 
         stream = map_ray(fn, todo, workers)
     else:
-        raise ConfigError(f"unknown executor '{executor}' (choose local or ray)")
+        raise ConfigError(f"unknown executor '{executor}' (choose local, threads or ray)")
     with progress(total=sum(u.weight for u in todo), desc=desc, unit=unit_label) as bar:
         for unit, res in stream:
             if marker_dir is not None:
