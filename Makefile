@@ -11,7 +11,7 @@ DEMO_SCALE ?= synth_demo
 DEMO_RECIPES ?= no_filter,basic_filter,clip_score_l14_30
 SEED ?= 0
 
-.PHONY: all install demo test test-fast bench clean
+.PHONY: all install demo test test-fast bench clean wordnet
 
 all: test
 
@@ -21,7 +21,16 @@ $(BIN)/datacomp: pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[test]'
 	touch $@
 
-install: $(BIN)/datacomp
+install: $(BIN)/datacomp wordnet
+
+# WordNet 3.0 for the text-based filter, offline: Debian's wordnet-base + wordnet-sense-index
+# (installed with apt-get when missing; needs root) copied into an NLTK data dir with `lexnames`.
+WORDNET_DIR ?= $(VENV)/share/nltk_data
+wordnet: $(WORDNET_DIR)/corpora/wordnet/lexnames
+
+$(WORDNET_DIR)/corpora/wordnet/lexnames: $(BIN)/datacomp
+	test -f /usr/share/wordnet/data.noun || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wordnet-base wordnet-sense-index; }
+	$(BIN)/python -m datacomp.filters.wordnet --src /usr/share/wordnet --out $(WORDNET_DIR)
 
 demo: install
 	$(BIN)/datacomp run --scale $(DEMO_SCALE) --workdir $(DEMO_DIR) --recipes $(DEMO_RECIPES) --seed $(SEED)

@@ -1,39 +1,68 @@
-"""Ray executor: the same unit function submitted as Ray tasks.
+"""Ray executor: the same unit function submitted as Ray tasks (one CPU each).
 
-``ray.init()`` connects to ``RAY_ADDRESS`` when set, else starts a local instance with
-``workers`` CPUs. Ray is an optional dependency (``pip install 'datacomp[ray]'``).
+Connection: an already initialised Ray (``ray.init(...)`` by the caller, e.g. a test fixture or a
+notebook) is used as it is; otherwise ``ray.init(address=RAY_ADDRESS)`` when that variable is set
+(an existing cluster: ``ray://host:10001`` or ``auto``), else a local instance with ``workers``
+CPUs. A local instance started here stays up for the rest of the process (a stage runs several
+passes; each would otherwise pay Ray's start-up) and is shut down at exit. Usage statistics are
+off (``RAY_USAGE_STATS_ENABLED=0``). Results come back as tasks finish; a failed task's
+exception is raised in the caller with the unit's name.
 """
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 from typing import Any, Callable, Iterator
 
 from ..errors import ConfigError
 from .base import Unit
 
+log = logging.getLogger(__name__)
 
-def map_ray(fn: Callable[..., dict[str, Any]], units: list[Unit], workers: int) -> Iterator[tuple[Unit, dict[str, Any]]]:
+
+def _ensure_ray(workers: int) -> Any:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
     except ImportError:
         raise ConfigError("--executor ray needs the 'ray' package: pip install 'datacomp[ray]'") from None
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    started = False
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
-        started = True
+        env = {"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "DATACOMP_WORDNET_DIR", "RAY_USAGE_STATS_ENABLED")
+                            if k in os.environ}}
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False, runtime_env=env)
+            else:
+                ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False, runtime_env=env)
+        except Exception as e:  # connection errors come in many types
+            where = f"at {address}" if address else "locally"
+            raise ConfigError(f"cannot start or reach Ray {where}: {' '.join(str(e).split())}") from None
+        atexit.register(ray.shutdown)
+        log.info("ray: %s", ray.cluster_resources())
+    return ray
+
+
+def map_ray(fn: Callable[..., dict[str, Any]], units: list[Unit], workers: int) -> Iterator[tuple[Unit, dict[str, Any]]]:
+    """Yield (unit, result) as Ray tasks finish. At most ``workers`` run at once per call when Ray
+    was started here; on a cluster, Ray schedules them over its CPUs."""
+    ray = _ensure_ray(workers)
+    remote = ray.remote(num_cpus=1, max_retries=0)(fn)
+    refs = {remote.remote(*u.args): u for u in units}
     try:
-        remote = ray.remote(num_cpus=1)(fn)
-        refs = {remote.remote(*u.args): u for u in units}
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1)
             for r in ready:
                 u = refs.pop(r)
-                yield u, ray.get(r)
+                try:
+                    res = ray.get(r)
+                except ray.exceptions.RayTaskError as e:
+                    cause = getattr(e, "cause", None)
+                    if isinstance(cause, BaseException):
+                        raise cause from None  # the unit's own error (e.g. a FormatError naming a file)
+                    raise
+                yield u, res
     finally:
-        if started:
-            ray.shutdown()
+        for r in refs:
+            ray.cancel(r)

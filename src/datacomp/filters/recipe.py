@@ -14,16 +14,24 @@ A recipe file::
         fraction: ${fraction}                     # ${param}: substituted when the recipe loads
         threshold: ${threshold}
         where: [language == en]                   # optional: rows the global step looks at
+                                                  # (on a score step: rows it computes; others null)
     keep:                                         # rules; a row is kept when all hold
       - clip_l14_similarity_score >= @threshold   # @name: a value a global step computed
 
 A rule is ``column OP value`` with OP one of ``== != > >= < <= in not in``; the value is a YAML
 scalar (``en``, ``2``, ``3.0``), a YAML list for ``in``, or ``@name``. Every column a rule uses
 must be made by a step, and every ``@name`` by an earlier global step.
+
+Recipes compose: a recipe with ``intersect: [a, b]`` keeps the rows every member keeps, one with
+``union: [a, b]`` the rows some member keeps (members are recipe names or paths, relative to the
+composite's file). The members' steps are merged (a step two members share runs once), and their
+parameters are the composite's: ``--set fraction=0.2`` reaches every member that has
+``fraction``; ``params:`` in the composite changes the members' defaults.
 """
 from __future__ import annotations
 
 import copy
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +46,7 @@ from .registry import GlobalOp, Op, OpParamError, ShardOp, all_ops
 RULE_OPS = ("==", "!=", ">=", "<=", ">", "<", "not in", "in")
 _RULE_RE = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(==|!=|>=|<=|>|<|not\s+in\b|in\b)\s*(.+?)\s*$", re.S)
 _PARAM_RE = re.compile(r"\$\{([A-Za-z_]\w*)\}")
-RECIPE_KEYS = {"name", "description", "params", "one_of", "steps", "keep"}
+RECIPE_KEYS = {"name", "description", "params", "one_of", "steps", "keep", "intersect", "union"}
 
 
 @dataclass(frozen=True)
@@ -85,16 +93,35 @@ class Recipe:
     params: dict[str, Any]
     steps: list[Step]
     keep: list[Rule]
+    # a union: a row is kept when all rules of some group hold (``keep`` is then empty)
+    keep_any: list[list[Rule]] | None = None
+    members: list[str] = field(default_factory=list)
+    combine: str | None = None  # "intersect" | "union" for a composite recipe
 
     def resolved(self) -> dict[str, Any]:
         """The recipe after parameter substitution: what actually runs (recorded in the sidecar)."""
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
             "params": self.params,
             "steps": [s.to_json() for s in self.steps],
             "keep": [r.text for r in self.keep],
         }
+        if self.combine:
+            d["combine"] = self.combine
+            d["members"] = list(self.members)
+        if self.keep_any is not None:
+            d["keep_any"] = [[r.text for r in g] for g in self.keep_any]
+        return d
+
+    def rule_groups(self) -> list[tuple[str, list[Rule]]]:
+        """(label, rules) per group for a union; one unlabelled group otherwise."""
+        if self.keep_any is None:
+            return [("", list(self.keep))]
+        return [(m, g) for m, g in zip(self.members, self.keep_any)]
+
+    def all_rules(self) -> list[Rule]:
+        return [r for _, g in self.rule_groups() for r in g]
 
     def shard_steps(self) -> list[Step]:
         return [s for s in self.steps if not s.is_global]
@@ -189,9 +216,7 @@ def parse_rule(rule: Any, where: str) -> Rule:
     return Rule(column, op, raw, None)
 
 
-def load_recipe(recipe: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
-    """Load, parameterise and validate a recipe; every problem is a ConfigError naming the file."""
-    path = find_recipe(recipe)
+def _read_raw(path: Path) -> dict[str, Any]:
     src = str(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -202,6 +227,105 @@ def load_recipe(recipe: str | Path, overrides: dict[str, Any] | None = None) -> 
     unknown = set(raw) - RECIPE_KEYS
     if unknown:
         raise ConfigError(f"{src}: unknown recipe key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(RECIPE_KEYS))})")
+    return raw
+
+
+def _find_member(member: Any, parent: Path) -> Path:
+    if not isinstance(member, str) or not member:
+        raise ConfigError(f"{parent}: a member of intersect/union must be a recipe name or path, got {member!r}")
+    rel = parent.parent / member
+    if (member.endswith((".yaml", ".yml")) or "/" in member) and rel.is_file():
+        return rel
+    return find_recipe(member)
+
+
+def _load_composite(path: Path, raw: dict[str, Any], overrides: dict[str, Any], stack: tuple[str, ...]) -> Recipe:
+    src = str(path)
+    kinds = [k for k in ("intersect", "union") if k in raw]
+    if len(kinds) != 1:
+        raise ConfigError(f"{src}: a recipe has either 'intersect' or 'union', not both")
+    if raw.get("steps") or raw.get("keep") or raw.get("one_of"):
+        raise ConfigError(f"{src}: a composite recipe ({kinds[0]}) has no steps, keep or one_of of its own")
+    combine = kinds[0]
+    members = raw[combine]
+    if not isinstance(members, list) or len(members) < 1:
+        raise ConfigError(f"{src}: '{combine}' must be a list of recipe names or paths")
+    name = str(raw.get("name") or path.stem)
+    own = dict(raw.get("params") or {})
+    paths = [_find_member(m, path) for m in members]
+    member_params: list[dict[str, Any]] = []
+    for mp in paths:
+        if str(mp.resolve()) in stack:
+            raise ConfigError(f"{src}: recipe {mp} includes itself")
+        member_params.append(dict(_read_raw(mp).get("params") or {}))
+    known: dict[str, Any] = {}
+    for mparams in member_params:
+        for k, v in mparams.items():
+            known.setdefault(k, v)
+    bad_own = sorted(set(own) - set(known))
+    if bad_own:
+        raise ConfigError(f"{src}: params {', '.join(bad_own)} are not parameters of any member "
+                          f"(members' parameters: {', '.join(sorted(known)) or 'none'})")
+    overrides = {k: _coerce(v) for k, v in overrides.items()}
+    bad = sorted(set(overrides) - set(known))
+    if bad:
+        raise ConfigError(f"{src}: unknown parameter(s) {', '.join(bad)} for recipe '{name}' "
+                          f"(parameters: {', '.join(sorted(known)) or 'none'})")
+    given = {**own, **overrides}
+    loaded = [load_recipe(mp, {k: v for k, v in given.items() if k in mparams}, _stack=stack)
+              for mp, mparams in zip(paths, member_params)]
+
+    steps: list[Step] = []
+    seen: dict[str, int] = {}
+    made_columns: dict[str, str] = {}
+    made_globals: dict[str, str] = {}
+    for r in loaded:
+        for st in r.steps:
+            key = json.dumps([st.to_json()], sort_keys=True, default=str)
+            if key in seen:
+                continue
+            outs = st.op.outputs()
+            made = made_globals if st.is_global else made_columns
+            for o in outs:
+                if o in made:
+                    raise ConfigError(f"{src}: members {made[o]} and {r.name} both make "
+                                      f"{'global value' if st.is_global else 'column'} '{o}' with different settings "
+                                      f"(give one of them another 'output')")
+                made[o] = r.name
+            seen[key] = len(steps)
+            steps.append(st)
+    params: dict[str, Any] = {}
+    for r in loaded:
+        for k, v in r.params.items():
+            params.setdefault(k, v)
+    if combine == "intersect":
+        keep: list[Rule] = []
+        texts: set[str] = set()
+        for r in loaded:
+            if r.keep_any is not None:
+                raise ConfigError(f"{src}: member {r.name} is a union; intersect it in a recipe of its own first")
+            for rule in r.keep:
+                if rule.text not in texts:
+                    texts.add(rule.text)
+                    keep.append(rule)
+        return Recipe(name=name, description=str(raw.get("description") or ""), source=src, params=params,
+                      steps=steps, keep=keep, members=[r.name for r in loaded], combine=combine)
+    groups = []
+    for r in loaded:
+        if r.keep_any is not None:
+            raise ConfigError(f"{src}: member {r.name} is itself a union; list its members here instead")
+        groups.append(list(r.keep))
+    return Recipe(name=name, description=str(raw.get("description") or ""), source=src, params=params,
+                  steps=steps, keep=[], keep_any=groups, members=[r.name for r in loaded], combine=combine)
+
+
+def load_recipe(recipe: str | Path, overrides: dict[str, Any] | None = None, _stack: tuple[str, ...] = ()) -> Recipe:
+    """Load, parameterise and validate a recipe; every problem is a ConfigError naming the file."""
+    path = find_recipe(recipe)
+    src = str(path)
+    raw = _read_raw(path)
+    if "intersect" in raw or "union" in raw:
+        return _load_composite(path, raw, dict(overrides or {}), (*_stack, str(path.resolve())))
     name = str(raw.get("name") or path.stem)
     params = dict(raw.get("params") or {})
     one_of = [list(g) for g in (raw.get("one_of") or [])]
@@ -247,6 +371,10 @@ def load_recipe(recipe: str | Path, overrides: dict[str, Any] | None = None) -> 
         except OpParamError as e:
             raise ConfigError(f"{where}: {e}") from None
         step = Step(op)
+        for g in op.global_inputs():
+            if g not in made_globals:
+                raise ConfigError(f"{where}: reads global value '{g}', which no earlier global step makes "
+                                  f"(made: {', '.join(sorted(made_globals)) or 'none'})")
         if isinstance(op, GlobalOp):
             for col in op.inputs():
                 if col not in made_columns:
@@ -255,14 +383,18 @@ def load_recipe(recipe: str | Path, overrides: dict[str, Any] | None = None) -> 
                 rule = parse_rule(r, where)
                 _check_rule(rule, made_columns, made_globals, where)
                 step.where.append(rule)
+            op.where_rules = [r.text for r in step.where]  # type: ignore[attr-defined]
             for g in op.outputs():
                 if g in made_globals:
                     raise ConfigError(f"{where}: global value '{g}' is made twice")
                 made_globals.add(g)
         else:
-            if where_rules is not None:
-                raise ConfigError(f"{where}: 'where' is only for global steps")
             assert isinstance(op, ShardOp)
+            for r in where_rules or []:  # compute only on these rows; the others get null
+                rule = parse_rule(r, where)
+                _check_rule(rule, made_columns, made_globals, where)
+                step.where.append(rule)
+            op.where = list(step.where)  # type: ignore[attr-defined]
             for col in op.outputs():
                 if col in made_columns:
                     raise ConfigError(f"{where}: column '{col}' is already made by step {made_columns[col] + 1}")

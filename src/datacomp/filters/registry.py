@@ -36,8 +36,27 @@ class ShardContext:
     """What a shard op may know besides its input columns."""
 
     parquet: Path
-    num_rows: int
+    num_rows: int  # rows of the shard
     globals: dict[str, Any] = field(default_factory=dict)
+    # a step with ``where`` rules gets only the rows that pass them: their indices in the shard
+    # (the input columns hold just those rows; the op returns one value per row of ``rows``)
+    rows: Any = None
+
+
+@dataclass
+class OpEnv:
+    """Where a run happens, handed to every op before it works (``Op.bind``).
+
+    ``globals``: values earlier global steps made; ``pool``: the pool root (default locations such
+    as ``POOL/targets/``); ``artifacts``: a directory for the small files global steps save
+    (centroids, target cluster ids), shared between recipes; ``pool_digest``: a digest of the pool
+    files the recipe reads, for naming such files.
+    """
+
+    globals: dict[str, Any] = field(default_factory=dict)
+    pool: Path | None = None
+    artifacts: Path | None = None
+    pool_digest: str = ""
 
 
 class Op:
@@ -58,7 +77,16 @@ class Op:
         if missing:
             raise OpParamError(f"missing required parameter(s) {', '.join(missing)}")
         self.args: dict[str, Any] = {**self.params, **kwargs}
+        self.env = OpEnv()
         self.setup()
+
+    def bind(self, env: OpEnv) -> None:
+        """Called by the engine before ``compute`` / ``map`` / ``reduce``."""
+        self.env = env
+
+    def global_inputs(self) -> list[str]:
+        """Names of global values (made by earlier global steps) the op reads from ``self.env``."""
+        return []
 
     def setup(self) -> None:
         """Validate ``self.args`` (raise OpParamError) and derive attributes."""
@@ -86,9 +114,16 @@ class ShardOp(Op):
         """Anything besides the parameters that changes the output (e.g. a model file's size)."""
         return {}
 
+    def reads_npz(self) -> bool:
+        """True when ``compute`` reads the shard's npz (its size and time join the cache fingerprint)."""
+        return False
+
     def cache_key(self) -> str:
+        used = {g: self.env.globals.get(g) for g in self.global_inputs()}
+        where = [r.text for r in getattr(self, "where", [])]
         blob = json.dumps({"op": self.name, "version": self.version, "args": self.args,
-                           "identity": self.cache_identity()}, sort_keys=True, default=str)
+                           "identity": self.cache_identity(), "globals": used, "where": where},
+                          sort_keys=True, default=str)
         return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
@@ -106,6 +141,14 @@ class GlobalOp(Op):
     def needs_pool_pass(self) -> bool:
         """False when the values are known without reading the pool (e.g. a given threshold)."""
         return True
+
+    def identity(self) -> dict[str, Any]:
+        """Anything besides the parameters that changes the result (e.g. a given file's size)."""
+        return {}
+
+    def saved(self) -> dict[str, Any] | None:
+        """Values saved by an earlier run with the same inputs (skips the pool pass), else None."""
+        return None
 
     def map(self, store: "ShardColumns", mask: np.ndarray | None) -> np.ndarray:
         """Per-shard partial result. ``mask`` (bool per row) comes from the step's ``where`` rules."""

@@ -43,6 +43,9 @@ class ClipScore(ShardOp):
     def cache(self) -> bool:  # type: ignore[override]
         return self.args["source"] == "npz"  # reading one parquet column is cheaper than a cache
 
+    def reads_npz(self) -> bool:
+        return self.args["source"] == "npz"
+
     def inputs(self) -> list[str]:
         return [self.column] if self.args["source"] == "parquet" else []
 
@@ -60,6 +63,8 @@ class ClipScore(ShardOp):
         path = npz_path(ctx.parquet)
         arrays = read_npz(path, keys, expected_rows=ctx.num_rows, dim=self.args["dim"])
         img, txt = arrays[keys[0]], arrays[keys[1]]
+        if ctx.rows is not None:
+            img, txt = img[ctx.rows], txt[ctx.rows]
         if img.shape[1] != txt.shape[1]:
             raise FormatError(f"{path}: '{keys[0]}' has dimension {img.shape[1]} but '{keys[1]}' has {txt.shape[1]}")
         scores = np.einsum("ij,ij->i", img.astype(np.float32), txt.astype(np.float32)).astype(np.float32)

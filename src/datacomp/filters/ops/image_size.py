@@ -22,11 +22,17 @@ class ImageSize(ShardOp):
         return ["image_min_side", "image_aspect"]
 
     def compute(self, columns: dict[str, pa.Array], ctx: ShardContext) -> dict[str, pa.Array]:
-        w = columns[self.args["width"]].fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-        h = columns[self.args["height"]].fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        def ints(col: pa.Array) -> np.ndarray:
+            if col.null_count:
+                col = col.fill_null(0)
+            a = col.to_numpy(zero_copy_only=False)  # zero-copy for an int64 column without nulls
+            return a if a.dtype == np.int64 else a.astype(np.int64)
+
+        w = ints(columns[self.args["width"]])
+        h = ints(columns[self.args["height"]])
         lo = np.minimum(w, h)
         hi = np.maximum(w, h)
         with np.errstate(divide="ignore", invalid="ignore"):
             aspect = hi / lo  # float64 division, as the reference's pandas expression
-        aspect = np.where(lo > 0, aspect, np.inf)
+        aspect[lo <= 0] = np.inf
         return {"image_min_side": pa.array(lo), "image_aspect": pa.array(aspect, pa.float64())}
