@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 from .data import TrainData, find_train_data
-from .launch import build_args, load_model, parse_train_log, reference_scale_config, resolve_scale, train, train_command
+from .launch import (build_args, check_checkpoint, finish_run, load_model, parse_train_log, reference_scale_config,
+                     resolve_scale, slurm_script, train, train_command)
 from .models import load_open_clip, materialise
 
 __all__ = ["train", "load_model", "build_args", "train_command", "find_train_data", "TrainData", "load_open_clip",
-           "materialise", "parse_train_log", "reference_scale_config", "resolve_scale"]
+           "materialise", "parse_train_log", "reference_scale_config", "resolve_scale", "slurm_script", "check_checkpoint",
+           "finish_run"]

@@ -118,17 +118,29 @@ def load_open_clip(model: str, checkpoint: str | os.PathLike | None = None, devi
             name = f"{LOCAL_DIR}{local}"
             m, _, pre = open_clip.create_model_and_transforms(name, device=device, load_weights=checkpoint is None)
             if checkpoint is not None:
-                open_clip.load_checkpoint(m, str(checkpoint))
+                try:
+                    open_clip.load_checkpoint(m, str(checkpoint))
+                except RuntimeError as e:
+                    raise InputError(f"{checkpoint}: checkpoint is from another architecture than {local} ({_mismatch(e)})") from None
             tok = open_clip.get_tokenizer(name)
         else:
             m, _, pre = open_clip.create_model_and_transforms(model, pretrained=str(checkpoint) if checkpoint else None, device=device)
             tok = open_clip.get_tokenizer(model)
     except RuntimeError as e:
+        if "state_dict" in str(e) and checkpoint is not None:
+            raise InputError(f"{checkpoint}: checkpoint is from another architecture than {model} ({_mismatch(e)})") from None
         if "not found in built-ins" in str(e):
             raise ConfigError(f"unknown model '{model}' (not bundled, not an open_clip model, not a local dir)") from None
         raise
     m.eval()
     return m, pre, tok
+
+
+def _mismatch(e: Exception) -> str:
+    """The first concrete line of a load_state_dict error ('size mismatch for x: ...', 'Missing key(s) ...')."""
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    detail = next((l for l in lines[1:] if "size mismatch" in l), None) or (lines[1] if len(lines) > 1 else lines[0] if lines else "")
+    return detail[:200].rstrip(".")
 
 
 def _is_tag(model: str, tag: str) -> bool:

@@ -4,7 +4,9 @@ open_clip_train seeds model init, shard resampling and augmentation from ``--see
 webdataset's sample shuffle buffer draws its seed from the process id and the clock, so two runs
 with the same seed see samples in different orders. This entry point gives that buffer a
 generator seeded from the data-loader worker's seed (which torch derives from ``--seed``, the
-rank and the worker id), then runs open_clip_train unchanged. Everything else is open_clip's.
+rank and the worker id), then runs open_clip_train unchanged. Everything else is open_clip's, but
+two launch shims: ``--datacomp-logs`` is ``--logs`` (torchrun's parser rejects ``--logs``), and
+on ``--device cpu`` DDP gets no ``device_ids`` (so torchrun + gloo trains on CPU).
 """
 from __future__ import annotations
 
@@ -30,11 +32,33 @@ def _install_seeded_shuffle() -> None:
     webdataset.shuffle = seeded
 
 
+def _install_cpu_ddp() -> None:
+    """open_clip_train wraps the model as ``DDP(model, device_ids=[device])``, which torch refuses for a
+    CPU module; on ``--device cpu`` (torchrun with gloo: tests, CPU clusters) drop ``device_ids``."""
+    import torch
+
+    base = torch.nn.parallel.DistributedDataParallel
+
+    class CpuDDP(base):  # type: ignore[misc, valid-type]
+        def __init__(self, module, device_ids=None, *args, **kwargs):
+            if device_ids and all(torch.device(d).type == "cpu" for d in device_ids):
+                device_ids = None
+            super().__init__(module, device_ids, *args, **kwargs)
+
+    torch.nn.parallel.DistributedDataParallel = CpuDDP
+
+
+LOGS_ALIAS = "--datacomp-logs"  # torchrun's parser refuses "--logs" (ambiguous with its --logs-specs)
+
+
 def main(argv: list[str] | None = None) -> int | None:
     _install_seeded_shuffle()
     from open_clip_train.main import main as open_clip_main
 
-    return open_clip_main(sys.argv[1:] if argv is None else argv)
+    args = [("--logs" if a == LOGS_ALIAS else a) for a in (sys.argv[1:] if argv is None else argv)]
+    if "--device" in args and args[args.index("--device") + 1] == "cpu":
+        _install_cpu_ddp()
+    return open_clip_main(args)
 
 
 if __name__ == "__main__":
