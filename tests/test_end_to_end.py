@@ -28,8 +28,9 @@ from datacomp.run import run_loop
 
 pytestmark = pytest.mark.slow
 RECIPES = ["no_filter", "basic_filter", "clip_score_l14_30"]
-SYNTH_TASKS = ["synth/concepts", "synth/concepts_clutter", "synth/concepts_style", "synth/count",
-               "synth/position", "synth/retrieval"]
+SYNTH_TASKS = sorted(["synth/concepts", "synth/concepts_clutter", "synth/concepts_style", "synth/count",
+                      "synth/position", "synth/size", "synth/concepts_groups", "synth/concepts_longtail",
+                      "synth/retrieval"])
 
 
 @pytest.fixture(scope="module")

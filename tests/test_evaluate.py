@@ -143,7 +143,11 @@ def test_registry_reference_tasks():
 def test_registry_synth_suite():
     synth = {t.key: t for t in load_tasks("synth")}
     assert set(synth) == {"synth/concepts", "synth/concepts_style", "synth/concepts_clutter",
-                          "synth/count", "synth/position", "synth/retrieval"}
+                          "synth/count", "synth/position", "synth/size", "synth/concepts_groups",
+                          "synth/concepts_longtail", "synth/retrieval"}
+    # every metric family of the real suite runs in the embedded one
+    mains = {t.main_metric for t in synth.values()}
+    assert {"acc1", "acc_wg", "mean_per_class_recall", "mean_recall@1"} <= mains
     assert synth["synth/concepts"].group == "imagenet"
     assert synth["synth/concepts_style"].group == synth["synth/concepts_clutter"].group == "dist_shift"
     assert synth["synth/retrieval"].main_metric == "mean_recall@1"
@@ -274,14 +278,16 @@ def test_aggregate_refuses_37():
 
 def test_aggregate_synth():
     vals = {"synth/concepts": 0.4, "synth/concepts_style": 0.2, "synth/concepts_clutter": 0.3,
-            "synth/count": 0.5, "synth/position": 0.6, "synth/retrieval": 0.1}
+            "synth/count": 0.5, "synth/position": 0.6, "synth/size": 0.7, "synth/concepts_groups": 0.15,
+            "synth/concepts_longtail": 0.35, "synth/retrieval": 0.1}
     rows = [{"key": k, "dataset": get_task(k).name, "metrics": {"main_metric": v}} for k, v in vals.items()]
     agg = aggregate(rows)
     assert agg["suite"] == "synth" and agg["complete"]
     assert agg["imagenet"] == pytest.approx(0.4)
     assert agg["dist_shift"] == pytest.approx(0.25)
     assert agg["retrieval"] == pytest.approx(0.1)
-    assert agg["other"] == pytest.approx(0.55)
+    assert agg["other"] == pytest.approx(0.6)
+    assert agg["fairness"] == pytest.approx(0.15) and agg["vtab"] == pytest.approx(0.35)
     assert agg["average"] == pytest.approx(np.mean(list(vals.values())))
     assert aggregate(rows[:-1])["average"] is None
 
@@ -295,7 +301,8 @@ def test_check_evalsets_report(tmp_path):
     (ev / "something-else").mkdir()
     rep = check_evalsets(ev)
     assert [e["key"] for e in rep["present"]] == ["synth/concepts", "synth/retrieval"]
-    assert set(rep["missing"]) == {"synth/concepts_style", "synth/concepts_clutter", "synth/count", "synth/position"}
+    assert set(rep["missing"]) == {"synth/concepts_style", "synth/concepts_clutter", "synth/count", "synth/position",
+                                   "synth/size", "synth/concepts_groups", "synth/concepts_longtail"}
     assert rep["unknown_dirs"] == ["something-else"]
     concepts = rep["present"][0]
     assert concepts["size"] == 16 and concepts["classes"] == 6 and concepts["shards"] == 2

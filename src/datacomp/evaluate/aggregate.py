@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 LABELS = {
     "datacomp": {"imagenet": "ImageNet", "dist_shift": "ImageNet dist. shifts", "vtab": "VTAB",
                  "retrieval": "Retrieval", "average": "Average"},
-    "synth": {"imagenet": "Concepts", "dist_shift": "Concept shifts", "retrieval": "Retrieval",
-              "other": "Attributes", "average": "Average"},
+    "synth": {"imagenet": "Concepts", "dist_shift": "Concept shifts", "vtab": "Long tail",
+              "retrieval": "Retrieval", "fairness": "Worst group", "other": "Attributes", "average": "Average"},
 }
 
 

@@ -7,6 +7,12 @@ Task keys are fixed (other stages rely on them); a task's directory is its key w
 - ``synth/concepts_clutter``  distribution shift: grainy background plus distractor strokes and specks
 - ``synth/count``             how many objects: class texts "one object" / "two objects" / "three objects"
 - ``synth/position``          where: class texts "on the left" / "on the right" / "at the top" / "at the bottom"
+- ``synth/size``              small or large objects: class texts "small" / "large" ("a small object.")
+- ``synth/concepts_groups``   concept, balanced over backgrounds; each sample's ``.json`` holds its
+                              background, so the main metric is the worst background's accuracy
+                              (the GeoDE / WILDS analogue)
+- ``synth/concepts_longtail`` concept with long-tailed class frequencies; main metric mean
+                              per-class recall (the Caltech-101 / Flowers analogue)
 - ``synth/retrieval``         image-text retrieval: each image has 2-5 English captions (``{key}.txt``)
 
 The class texts of count and position are the exact phrases the pool's English captions use
@@ -16,6 +22,7 @@ The class texts of count and position are the exact phrases the pool's English c
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +41,27 @@ CONCEPT_TEMPLATES = ["a photo of a {c}.", "a {c}.", "a picture of a {c}.", "phot
 COUNT_TEMPLATES = ["a photo of {c}.", "a picture of {c}.", "{c}.", "an image showing {c}."]
 POSITION_TEMPLATES = ["a photo of an object {c}.", "an object {c}.", "a picture of something {c}.",
                       "something {c}."]
+SIZE_TEMPLATES = ["a photo of a {c} object.", "a {c} object.", "a picture of something {c}.",
+                  "a {c} thing."]
 COUNT_CLASSES = [1, 2, 3]
 POSITION_CLASSES = ["left", "right", "top", "bottom"]
+SIZE_CLASSES = ["small", "large"]
+BACKGROUND_GROUPS = ["plain", "stripes", "noise", "gradient"]  # synth/concepts_groups metadata
+GOLDEN = 0.6180339887498949
+
+
+def longtail_label(idx: int, n_classes: int) -> int:
+    """Class of test item ``idx`` under frequencies ∝ 1 / (1 + c/2): a pure function of idx
+    (low-discrepancy inverse CDF), so every class appears and the head classes dominate."""
+    weights = [1.0 / (1.0 + c / 2.0) for c in range(n_classes)]
+    total = sum(weights)
+    u = (idx * GOLDEN) % 1.0
+    acc = 0.0
+    for c, w in enumerate(weights):
+        acc += w / total
+        if u < acc:
+            return c
+    return n_classes - 1
 
 
 @dataclass(frozen=True)
@@ -56,6 +82,9 @@ TASKS: tuple[Task, ...] = (
     Task("synth/concepts_clutter", "classification", "clutter", "eval_size"),
     Task("synth/count", "classification", "normal", "eval_size"),
     Task("synth/position", "classification", "normal", "eval_size"),
+    Task("synth/size", "classification", "normal", "eval_size"),
+    Task("synth/concepts_groups", "classification", "normal", "eval_size"),
+    Task("synth/concepts_longtail", "classification", "normal", "eval_size"),
     Task("synth/retrieval", "retrieval", "normal", "retrieval_size"),
 )
 TASK_BY_KEY = {t.key: t for t in TASKS}
@@ -72,13 +101,16 @@ def classnames(task: Task, world: World) -> list[str] | None:
         return [count_object_phrase(c) for c in COUNT_CLASSES]
     if task.key == "synth/position":
         return [position_phrase(world, p) for p in POSITION_CLASSES]
+    if task.key == "synth/size":
+        return [world.language["sizes"][s] for s in SIZE_CLASSES]
     return None
 
 
 def templates(task: Task) -> list[str] | None:
     if task.key.startswith("synth/concepts"):
         return CONCEPT_TEMPLATES
-    return {"synth/count": COUNT_TEMPLATES, "synth/position": POSITION_TEMPLATES}.get(task.key)
+    return {"synth/count": COUNT_TEMPLATES, "synth/position": POSITION_TEMPLATES,
+            "synth/size": SIZE_TEMPLATES}.get(task.key)
 
 
 @dataclass
@@ -88,6 +120,7 @@ class EvalItem:
     jpeg: bytes
     label: int | None
     captions: list[str] | None
+    metadata: dict[str, int] | None = None
 
 
 def eval_item(seed: int, task_key: str, idx: int, world: World, noise: dict[str, Any]) -> EvalItem:
@@ -96,7 +129,16 @@ def eval_item(seed: int, task_key: str, idx: int, world: World, noise: dict[str,
     rng = make_rng(seed, f"eval:{task_key}", idx)
     label: int | None = None
     captions = None
-    if task.key.startswith("synth/concepts"):
+    metadata = None
+    if task.key == "synth/concepts_longtail":
+        label = longtail_label(idx, world.n)
+        scene = sample_scene(rng, world, noise, concept=label)
+    elif task.key == "synth/concepts_groups":
+        label = idx % world.n
+        group = (idx // world.n) % len(BACKGROUND_GROUPS)
+        scene = sample_scene(rng, world, noise, concept=label, background=BACKGROUND_GROUPS[group])
+        metadata = {"background": group}
+    elif task.key.startswith("synth/concepts"):
         label = idx % world.n
         scene = sample_scene(rng, world, noise, concept=label)
     elif task.key == "synth/count":
@@ -105,11 +147,14 @@ def eval_item(seed: int, task_key: str, idx: int, world: World, noise: dict[str,
     elif task.key == "synth/position":
         label = idx % len(POSITION_CLASSES)
         scene = sample_scene(rng, world, noise, position=POSITION_CLASSES[label])
+    elif task.key == "synth/size":
+        label = idx % len(SIZE_CLASSES)
+        scene = sample_scene(rng, world, noise, size=SIZE_CLASSES[label])
     else:
         scene = sample_scene(rng, world, noise)
         captions = english_variants(scene, world, rng, 2 + rng.randrange(4))
     img = render_scene(scene, world, EVAL_SIZE, EVAL_SIZE, task.style)
-    return EvalItem(f"{idx:06d}", scene, encode_jpeg(img, EVAL_QUALITY), label, captions)
+    return EvalItem(f"{idx:06d}", scene, encode_jpeg(img, EVAL_QUALITY), label, captions, metadata)
 
 
 def write_task(out: str, seed: int, n_concepts: int, task_key: str, n: int, noise: dict[str, Any]) -> dict[str, Any]:
@@ -130,12 +175,16 @@ def write_task(out: str, seed: int, n_concepts: int, task_key: str, n: int, nois
                 files["cls"] = str(item.label).encode()
             if item.captions is not None:
                 files["txt"] = ("\n".join(item.captions) + "\n").encode()
+            if item.metadata is not None:
+                files["json"] = json.dumps(item.metadata, sort_keys=True).encode()
             w.write(item.key, files)
             shas.append(hashlib.sha256(item.jpeg).hexdigest())
     write_text(d / "test" / "nshards.txt", "1\n")
+    from ...evaluate.registry import get_task
+
     info = {"key": task.key, "type": task.kind, "split": "test", "n": n, "style": task.style,
             "num_classes": len(names) if names is not None else None,
-            "main_metric": "acc1" if task.kind == "classification" else "mean_recall@1",
+            "main_metric": get_task(task.key).main_metric,
             "image_size": EVAL_SIZE}
     if task.kind == "retrieval":
         info["captions"] = "{key}.txt holds 2-5 English captions of {key}.jpg, one per line"
@@ -156,6 +205,9 @@ def evalsets_readme(world: World) -> str:
             "synth/concepts_style": "concept, other rendering style (desaturated, striped fill, soft edges)",
             "synth/concepts_clutter": "concept, grainy background with distractor strokes",
             "synth/count": "number of objects", "synth/position": "where the object(s) are",
+            "synth/size": "small or large objects",
+            "synth/concepts_groups": "concept; worst accuracy over the 4 backgrounds (`.json` metadata)",
+            "synth/concepts_longtail": "concept, long-tailed class frequencies; mean per-class recall",
             "synth/retrieval": "image-text retrieval"}
     for t in TASKS:
         names = classnames(t, world)
