@@ -16,13 +16,19 @@ full except the last), whatever the worker count or timing, in two passes of uni
 
 Both passes leave completion markers, so a killed reshard resumes; ``manifest.json`` comes last.
 
-Speed: the scan reads one window per tar member (header + small members + the ends of images)
-and never the image bytes; uid membership is a vectorised ``searchsorted`` over 16-byte keys per
-shard (not a per-sample binary search). The pack reads each selected sample (and its close
-selected neighbours) in one ``pread`` and writes with ``fasttar.FastTarWriter`` (ustar headers
-from a template, ``os.writev`` from a writer thread), byte-identical to ``ShardWriter``. With the
-local executor, worker processes are used only for inputs/outputs large enough to repay their
-start-up (``SCAN_PARALLEL_MIN``, ``PACK_PARALLEL_MIN``); Ray always gets the units.
+Speed: the scan reads one window per tar member at most (header + small members + the ends of
+images; a sample's small members usually share one window) and never the image bytes; the json
+uid comes from a byte-level match on img2dataset's flat json (``json.loads`` for anything
+else); uid membership is a vectorised ``searchsorted`` over 16-byte keys per shard. The pack
+writes with ``fasttar.FastTarWriter`` (ustar headers from a template, byte-identical to
+``ShardWriter``): images are not read into Python — a run of samples that lie in the input as
+they will in the output is copied with one ``os.copy_file_range`` and the new headers, small
+members and padding are written over it — and txt/json come from the scan file. With the local
+executor both passes run in ``workers`` threads of this process (the units' system calls
+release the GIL; a worker process costs ~1-2 s to start), and for a plain reshard (no shuffle,
+no blur) each output shard is packed as soon as the scans before it are done, overlapping the
+passes; worker processes only above ``SCAN_PARALLEL_MIN`` / ``PACK_PARALLEL_MIN`` samples. Ray
+always gets the units.
 
 Damage: members whose names escape the directory (``../``, absolute) are refused (the sample is
 skipped, ``unsafe_member_count``); a truncated tar keeps the samples before the damage; a json

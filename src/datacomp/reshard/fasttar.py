@@ -8,10 +8,16 @@ handed to the kernel in batches with ``os.writev`` by a writer thread, so the ne
 and assembled while the previous one is written. Names that do not fit the 100-byte name field
 or are not ASCII go through ``tarfile``'s own header code, so the output never differs.
 
+A member's data may be a :class:`Range` (input fd, offset, size) instead of bytes: the writer
+thread then copies it from the input file in the kernel (``os.copy_file_range``; one copy, no
+user-space buffer), falling back to ``pread`` + ``write`` where the file systems do not support
+it. Headers and padding still come from memory, so the bytes are the same either way.
+
 The file is written under a temporary name and renamed into place on success (atomic).
 """
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import tarfile
@@ -38,6 +44,53 @@ _TEMPLATE[257:265] = b"ustar\x0000"
 _TEMPLATE_SUM = sum(_TEMPLATE)
 
 
+class Range:
+    """``size`` bytes of open file ``fd`` from ``offset``: member data copied without reading it
+    into Python. ``fd`` must stay open until the writer is closed."""
+
+    __slots__ = ("fd", "offset", "size")
+
+    def __init__(self, fd: int, offset: int, size: int):
+        self.fd, self.offset, self.size = fd, offset, size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class ShortInput(OSError):
+    """A :class:`Range` ran past the end of its input file (the file changed)."""
+
+
+_NO_CFR = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM,
+           getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+_cfr_ok = hasattr(os, "copy_file_range")  # cleared (per process) the first time the kernel refuses
+
+
+def _copy_range(r: Range, out_fd: int) -> None:
+    """Append ``r``'s bytes at ``out_fd``'s position: in-kernel copy, else pread + write."""
+    global _cfr_ok
+    off, left = r.offset, r.size
+    while left > 0 and _cfr_ok:
+        try:
+            n = os.copy_file_range(r.fd, out_fd, left, off)
+        except OSError as e:
+            if e.errno not in _NO_CFR:
+                raise
+            _cfr_ok = False  # e.g. across file systems on older kernels: copy through user space
+            break
+        if n == 0:
+            raise ShortInput(errno.EIO, f"input ended at byte {off} (expected {left} more bytes)")
+        off += n
+        left -= n
+    while left > 0:
+        buf = os.pread(r.fd, min(left, 1 << 20), off)
+        if not buf:
+            raise ShortInput(errno.EIO, f"input ended at byte {off} (expected {left} more bytes)")
+        _writev_all(out_fd, [buf])
+        off += len(buf)
+        left -= len(buf)
+
+
 def ext_order(ext: str) -> tuple[int, str]:
     """ShardWriter's member order within a sample: jpg, txt, json, then the rest by name."""
     return (_EXT_RANK.get(ext, 3), ext)
@@ -46,16 +99,33 @@ def ext_order(ext: str) -> tuple[int, str]:
 def ustar_header(name: str, size: int) -> bytes:
     raw = name.encode("ascii", "strict") if name.isascii() else b""
     if not raw or len(raw) > 100 or size >= 8**11:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o444, "", ""
-        return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
-    h = bytearray(_TEMPLATE)
-    h[0 : len(raw)] = raw
+        return _tarfile_header(name, size)
+    return _header(raw, sum(raw), size)
+
+
+def _tarfile_header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o444, "", ""
+    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+
+# the template cut around the name, size and checksum fields (the size field is NUL there)
+_T_MODE_IDS = bytes(_TEMPLATE[100:124])
+_T_MTIME = bytes(_TEMPLATE[136:148])
+_T_REST = bytes(_TEMPLATE[156:BLOCK])
+_NULS = bytes(100)
+
+
+def _header(raw: bytes, raw_sum: int, size: int) -> bytes:
+    """The ustar header of an ASCII name of at most 100 bytes (``raw_sum`` = ``sum(raw)``)."""
     sz = b"%011o\0" % size
-    h[124:136] = sz
-    chk = _TEMPLATE_SUM + sum(raw) + sum(sz) - sum(_TEMPLATE[124:136])
-    h[148:155] = b"%06o\0" % chk
-    return bytes(h)
+    chk = _TEMPLATE_SUM + raw_sum + sum(sz)
+    return b"".join((raw, _NULS[len(raw):], _T_MODE_IDS, sz, _T_MTIME, b"%06o\0 " % chk, _T_REST))
+
+
+def _member_order(m: tuple) -> tuple[int, str]:
+    ext = m[0]
+    return (_EXT_RANK.get(ext, 3), ext)
 
 
 class FastTarWriter:
@@ -77,20 +147,28 @@ class FastTarWriter:
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_TRUNC | os.O_CREAT, 0o644)
         return self
 
-    def add(self, key: str, members: Iterable[tuple[str, bytes | memoryview]]) -> None:
+    def add(self, key: str, members: Iterable[tuple[str, "bytes | memoryview | Range"]]) -> None:
         if "/" in key or key.startswith(".") or not key:
             raise ValueError(f"invalid sample key {key!r}")
         parts = self._parts
-        for ext, data in sorted(members, key=lambda m: ext_order(m[0])):
+        append = parts.append
+        kraw = key.encode("ascii") if key.isascii() else None
+        ksum = sum(kraw) + 46 if kraw is not None else 0  # 46: the "." before the extension
+        added = 0
+        for ext, data in sorted(members, key=_member_order):
             size = len(data)
-            parts.append(ustar_header(f"{key}.{ext}", size))
-            parts.append(data)
+            if kraw is not None and ext.isascii() and len(kraw) + 1 + len(ext) <= 100 and size < 8**11:
+                eraw = ext.encode("ascii")
+                append(_header(kraw + b"." + eraw, ksum + sum(eraw), size))
+            else:
+                append(ustar_header(f"{key}.{ext}", size))
+            append(data)
             pad = -size % BLOCK
             if pad:
-                parts.append(_ZEROS[:pad])
-            n = BLOCK + size + pad
-            self._pending += n
-            self._offset += n
+                append(_ZEROS[:pad])
+            added += BLOCK + size + pad
+        self._pending += added
+        self._offset += added
         self.count += 1
         if self._pending >= self.batch_bytes or len(parts) >= 900:
             self._flush()
@@ -118,7 +196,7 @@ class FastTarWriter:
             if self._error is not None:
                 continue
             try:
-                _writev_all(self._fd, parts)
+                _write_parts(self._fd, parts)
             except BaseException as e:  # noqa: BLE001 - re-raised in the producing thread
                 self._error = e
 
@@ -147,6 +225,66 @@ class FastTarWriter:
             raise
         os.close(self._fd)
         self._ctx.__exit__(exc_type, exc, tb)
+
+
+def _write_parts(fd: int, parts: list) -> None:
+    """Append ``parts`` (bytes-like, or :class:`Range`) to ``fd`` in order.
+
+    Bytes go out with ``writev``. Ranges that are laid out in their input exactly as in the
+    output — each the same distance after the previous one as the bytes written between them
+    (consecutive samples of an input tar: every member's header and padding are the same size
+    in both) — are copied as one ``copy_file_range`` of the whole input span, and the bytes
+    between them (new headers, small members, padding) are then written over the copy with
+    ``pwrite``: one in-kernel copy per run of samples instead of one per image.
+    """
+    n = len(parts)
+    i = start = 0
+    while i < n:
+        first = parts[i]
+        if type(first) is not Range:
+            i += 1
+            continue
+        if start < i:
+            _writev_all(fd, parts[start:i])
+        end = first.offset + first.size  # input end of the group so far
+        patches: list[tuple[int, list]] = []
+        gap: list = []
+        gap_len = 0
+        k = i + 1
+        j = i + 1  # parts[i:j] are in the group
+        while k < n:
+            q = parts[k]
+            if type(q) is not Range:
+                gap.append(q)
+                gap_len += len(q)
+                k += 1
+                continue
+            if q.fd != first.fd or q.offset != end + gap_len:
+                break
+            patches.append((end - first.offset, gap))
+            end = q.offset + q.size
+            gap, gap_len = [], 0
+            k += 1
+            j = k
+        if not patches:
+            _copy_range(first, fd)
+        else:
+            pos = os.lseek(fd, 0, os.SEEK_CUR)
+            _copy_range(Range(first.fd, first.offset, end - first.offset), fd)
+            for rel, chunk in patches:
+                if chunk:
+                    _pwrite_all(fd, chunk[0] if len(chunk) == 1 else b"".join(chunk), pos + rel)
+        i = start = j
+    if start < n:
+        _writev_all(fd, parts[start:] if start else parts)
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
 
 
 def _writev_all(fd: int, parts: list) -> None:

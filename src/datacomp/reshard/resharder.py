@@ -7,8 +7,10 @@ import logging
 import os
 import re
 import shutil
+import struct
 import tarfile
 import time
+import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -23,13 +25,18 @@ from ..formats.atomic import atomic_path, write_json
 from ..formats.manifest import MANIFEST_NAME, Manifest, check_reusable, manifest_digest, write_manifest
 from ..formats.shards import SHARD_FORMAT, list_shards, read_stats
 from ..formats.uids import read_subset
-from .fasttar import FastTarWriter
+from ..progress import progress
+from .fasttar import FastTarWriter, Range, ShortInput
 
 log = logging.getLogger(__name__)
 
 STAGE = "reshard"
-SCAN_PARALLEL_MIN = 200_000  # input samples from which the local scan uses worker processes
-PACK_PARALLEL_MIN = 50_000  # output samples from which local packing uses worker processes
+# With executor="local", units run in threads of this process (``executor="threads"``: no
+# process start, and the units' pread / writev / copy_file_range release the GIL) unless there
+# are at least this many input (scan) / output (pack) samples; then in worker processes.
+SCAN_PARALLEL_MIN = 1_000_000
+PACK_PARALLEL_MIN = 2_000_000
+PIPELINE = True  # threads for both passes (and no shuffle / blur): pack while later shards are scanned
 WORK = ".work"
 SAMPLE_IDS = "sample_ids.npy"
 META = "meta.json"
@@ -79,6 +86,8 @@ def _is_uid(u: Any) -> bool:
 # ---- pass 1: scan one input shard ---------------------------------------------------------------
 
 def _safe_name(name: str) -> bool:
+    if "/" not in name and "\\" not in name:
+        return name != ".."
     return not (name.startswith("/") or name.startswith("\\") or ".." in name.replace("\\", "/").split("/"))
 
 
@@ -103,66 +112,102 @@ class _Peek:
         self.edges: dict[int, tuple[bytes, bytes]] = {}  # data offset -> (first, last _EDGE bytes)
 
 
+_WINDOW = 4096  # smallest read of the header walk: a sample's small members share one window
+
+
+def _header_sum_ok(hdr: bytes, chk: int, chk_field: bytes | None = None) -> bool:
+    """The ustar checksum test (sum of the header with the checksum field read as spaces), done
+    with ``zlib.adler32`` (whose low 16 bits are 1 + the byte sum mod 65521) instead of a Python
+    ``sum`` over 512 bytes; exact whenever the low 16 bits disagree, so a bad header fails."""
+    expect = chk - 256 + sum(hdr[148:156] if chk_field is None else chk_field)  # = sum(hdr) if good
+    return 0 <= expect <= 512 * 255 and (expect + 1) % 65521 == zlib.adler32(hdr) & 0xFFFF
+
+
 def _read_headers_fast(tar: Path, file_size: int, peek: _Peek | None = None) -> tuple[list[tuple[str, int, int, bool]], int, str | None]:
     """Headers of a plain ustar/GNU tar: [(name, data offset, size, regular file)], end, error.
 
-    One ``pread`` per member: the window holds the end of the previous member's data, the header
-    and the first bytes of this member's data, so small members (json, txt) and the ends of big
-    ones (for the image check) come for free; image data is skipped. Several times faster than
-    ``tarfile``. Raises _Fallback for anything unusual so ``tarfile`` handles it instead.
+    Reads a window of at least ``_WINDOW`` bytes from just before each header, unless the last
+    window already holds what is needed: the end of the previous member's data, the header and
+    the first bytes of this member's data. So small members (json, txt) and the ends of big ones
+    (for the image check) come for free, a sample's small members usually share one read, and
+    image data is skipped. Several times faster than ``tarfile``. Raises _Fallback for anything
+    unusual so ``tarfile`` handles it instead.
     """
     entries: list[tuple[str, int, int, bool]] = []
+    append = entries.append
+    small = peek.small if peek is not None else None
+    edges = peek.edges if peek is not None else None
     pos = 0
     prev: tuple[int, int, bytes] | None = None  # a big member whose tail is in the next window
+    buf, b0, b1 = b"", 0, 0  # the last window and its file range
     fd = os.open(tar, os.O_RDONLY)
     try:
         while pos < file_size:
-            start = pos - 512 - _EDGE if pos >= 512 + _EDGE else 0
-            buf = os.pread(fd, pos - start + 512 + _SMALL, start)
-            h0 = pos - start
-            if prev is not None and peek is not None:
-                end = prev[0] + prev[1] - start
-                peek.edges[prev[0]] = (prev[2], buf[max(end - _EDGE, 0) : end])
+            need_lo = pos - 512 - _EDGE if pos >= 512 + _EDGE else 0
+            need_hi = min(pos + 512 + _SMALL, file_size)
+            if not (b0 <= need_lo and need_hi <= b1):
+                buf = os.pread(fd, max(need_hi - need_lo, _WINDOW), need_lo)
+                b0, b1 = need_lo, need_lo + len(buf)
+            h0 = pos - b0
+            if prev is not None and edges is not None:
+                end = prev[0] + prev[1] - b0
+                edges[prev[0]] = (prev[2], buf[max(end - _EDGE, 0) : end])
             prev = None
-            hdr = buf[h0 : h0 + 512]
-            if len(hdr) < 512:
+            if len(buf) - h0 < 512:
                 return entries, pos, f"cut-off header at byte {pos}"
+            name, size_f, chk_f, flag, magic, prefix = _HDR.unpack_from(buf, h0)
+            hdr = buf[h0 : h0 + 512]
             if hdr[0] == 0 and hdr.count(0) == 512:
                 return entries, pos, None  # end-of-archive block
             try:
-                chk = _octal(hdr[148:156])
-                if hdr[124] & 0x80:
+                try:  # tarfile's own layout: 6 octal digits, NUL, space
+                    if chk_f[6:] != b"\0 ":
+                        raise ValueError
+                    chk = int(chk_f[:6], 8)
+                except ValueError:
+                    chk = _octal(chk_f)
+                if size_f[0] & 0x80:
                     raise _Fallback("base-256 size")
-                size = _octal(hdr[124:136])
+                try:  # 11 octal digits, NUL
+                    if size_f[11] != 0:
+                        raise ValueError
+                    size = int(size_f[:11], 8)
+                except ValueError:
+                    size = _octal(size_f)
             except ValueError:
                 return entries, pos, f"bad header at byte {pos}"
-            if chk != sum(hdr) - sum(hdr[148:156]) + 256:
+            if size < 0:
+                return entries, pos, f"bad header at byte {pos}"
+            if not _header_sum_ok(hdr, chk, chk_f):
                 return entries, pos, f"bad header checksum at byte {pos}"
-            flag = hdr[156:157]
-            if flag in (b"x", b"g", b"L", b"K"):
+            if flag in _FALLBACK_TYPES:
                 raise _Fallback(f"header type {flag!r}")
-            name = hdr[0:100].split(b"\0", 1)[0]
-            if hdr[257:262] == b"ustar":
-                prefix = hdr[345:500].split(b"\0", 1)[0]
-                if prefix:
-                    name = prefix + b"/" + name
+            name = name.split(b"\0", 1)[0]
+            if magic == b"ustar" and prefix[0] != 0:
+                name = prefix.split(b"\0", 1)[0] + b"/" + name
             data = pos + 512
-            entries.append((name.decode("utf-8", "surrogateescape"), data, size, flag in (b"0", b"\0", b"7")))
-            if peek is not None:
+            append((name.decode("utf-8", "surrogateescape"), data, size, flag in _REGULAR_TYPES))
+            if small is not None:
                 if size <= _SMALL:
                     got = buf[h0 + 512 : h0 + 512 + size]
                     if len(got) == size:
-                        peek.small[data] = got
+                        small[data] = got
                 else:
                     prev = (data, size, buf[h0 + 512 : h0 + 512 + _EDGE])
             pos += 512 + (size + 511) // 512 * 512
-        if prev is not None and peek is not None and prev[0] + prev[1] <= file_size:
-            peek.edges[prev[0]] = (prev[2], os.pread(fd, _EDGE, prev[0] + prev[1] - _EDGE))
+        if prev is not None and edges is not None and prev[0] + prev[1] <= file_size:
+            edges[prev[0]] = (prev[2], os.pread(fd, _EDGE, prev[0] + prev[1] - _EDGE))
     finally:
         os.close(fd)
     if pos > file_size:
         return entries, file_size, f"truncated: the last member runs past the end of the file ({file_size} bytes)"
     return entries, pos, "truncated: no end-of-archive blocks" if entries else None
+
+
+_FALLBACK_TYPES = frozenset((b"x", b"g", b"L", b"K"))
+_REGULAR_TYPES = frozenset((b"0", b"\0", b"7"))
+# name, size, checksum, type flag, magic, prefix
+_HDR = struct.Struct("100s24x12s12x8sc100x5s83x155s12x")
 
 
 def _read_headers(tar: Path, file_size: int, peek: _Peek | None = None) -> tuple[list[tuple[str, int, int, bool]], int, str | None]:
@@ -186,10 +231,16 @@ _UID_RE = re.compile(rb'"uid"\s*:\s*"([0-9a-fA-F]{32})"')
 
 
 def _uid_from_json(raw: bytes) -> Any:
-    """The sample's uid: a regex for img2dataset's flat json, ``json.loads`` when in doubt."""
-    found = _UID_RE.findall(raw)
-    if len(found) == 1 and raw.count(b'"uid"') == 1:
-        return found[0].decode("ascii")
+    """The sample's uid, as ``json.loads(raw).get("uid")`` gives it (None if not a JSON object).
+
+    Fast path for img2dataset's flat json: one ``{`` (so no nested object can hold the key),
+    one ``"uid"`` and that key followed by a plain 32-hex string. Anything else — escapes,
+    nesting, a repeated key, a non-string uid — goes to ``json.loads``.
+    """
+    if raw.count(b"{") == 1 and raw.count(b'"uid"') == 1:
+        m = _UID_RE.search(raw)
+        if m is not None:
+            return m.group(1).decode("ascii")
     try:
         meta = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -291,6 +342,9 @@ def scan_unit(tar_path: str, subset_path: str, out_path: str) -> dict[str, Any]:
         "exts": pa.array([[e for e, _, _ in members[i]] for i in sel], pa.list_(pa.string())),
         "offsets": pa.array([[o for _, o, _ in members[i]] for i in sel], pa.list_(pa.int64())),
         "sizes": pa.array([[s for _, _, s in members[i]] for i in sel], pa.list_(pa.int64())),
+        # the bytes of small members (txt, json) as the header walk read them, so the pack needs
+        # no read for them; null for members it did not hold whole (images)
+        "small": pa.array([[peek.small.get(o) for _, o, _ in members[i]] for i in sel], pa.list_(pa.binary())),
     })
     with atomic_path(out_path, suffix=".parquet") as tmp:
         pq.write_table(table, tmp)
@@ -384,11 +438,19 @@ class _ScanTable:
         self.exts = t.column("exts").to_pylist()
         self.offsets = t.column("offsets").to_pylist()
         self.sizes = t.column("sizes").to_pylist()
+        # small members' bytes (absent in a scan file left by an older version: read them then)
+        self.small = t.column("small").to_pylist() if "small" in t.column_names else [[None] * len(e) for e in self.exts]
         self.mult = mult.tolist()
-        # byte span of each sample's members (contiguous in the tar)
-        self.span = [(min(o), max(a + b for a, b in zip(o, z))) for o, z in zip(self.offsets, self.sizes)]
+        self._span: list[tuple[int, int]] | None = None
         self.row = np.repeat(np.arange(len(self.uids)), mult).tolist()  # emitted index -> scan row
         self.first = (np.concatenate([[0], np.cumsum(mult)[:-1]]) if len(mult) else np.empty(0, np.int64)).tolist()
+
+    @property
+    def span(self) -> list[tuple[int, int]]:
+        """Byte span of each sample's members (contiguous in the tar); the buffered pack's reads."""
+        if self._span is None:
+            self._span = [(min(o), max(a + b for a, b in zip(o, z))) for o, z in zip(self.offsets, self.sizes)]
+        return self._span
 
 
 @lru_cache(maxsize=4)
@@ -404,6 +466,7 @@ def _bbox_map(path: str, mtime_ns: int) -> dict[str, list]:
 
 _CHUNK = 1 << 20  # pack reads up to this many bytes at once (big buffers cost page faults)
 _GAP = 64 << 10  # ... bridging gaps of unselected samples up to this size
+_RANGE_MIN = 8 << 10  # members from this size on are copied in the kernel (no blur)
 
 
 def _emitted(segments, tables, order):
@@ -438,6 +501,20 @@ def pack_unit(out_tar: str, segments: list[tuple[str, str, int, int]], options: 
         bp = opts["bboxes"]
         boxes = _bbox_map(bp, os.stat(bp).st_mtime_ns)
     tables = [_scan_table(scan, os.stat(scan).st_mtime_ns) for _, scan, _, _ in segments]
+    if boxes is None:
+        count = _pack_ranges(out_tar, segments, tables, order)
+        blurred = blur_failed = 0
+    else:
+        count, blurred, blur_failed = _pack_buffered(out_tar, segments, tables, order, boxes, opts)
+    stats = Path(out_tar).with_name(Path(out_tar).stem + "_stats.json")
+    with atomic_path(stats, suffix=".json") as tmp:  # no fsync: the completion marker is the commit point
+        tmp.write_text(json.dumps({"successes": count}) + "\n")
+    return {"successes": count, "blurred": blurred, "blur_failed": blur_failed}
+
+
+def _pack_buffered(out_tar, segments, tables, order, boxes, opts) -> tuple[int, int, int]:
+    """Pack through user space: each sample's members are read (several close samples in one
+    ``pread``) so that images can be blurred."""
     count = blurred = blur_failed = 0
     fds: dict[int, int] = {}
     try:
@@ -477,10 +554,46 @@ def pack_unit(out_tar: str, segments: list[tuple[str, str, int, int]], options: 
     finally:
         for fd in fds.values():
             os.close(fd)
-    stats = Path(out_tar).with_name(Path(out_tar).stem + "_stats.json")
-    with atomic_path(stats, suffix=".json") as tmp:  # no fsync: the completion marker is the commit point
-        tmp.write_text(json.dumps({"successes": count}) + "\n")
-    return {"successes": count, "blurred": blurred, "blur_failed": blur_failed}
+    return count, blurred, blur_failed
+
+
+def _pack_ranges(out_tar, segments, tables, order) -> int:
+    """Pack without reading images into Python: members of ``_RANGE_MIN`` bytes or more are
+    copied from the input tar in the kernel by the writer thread (``fasttar.Range``); the small
+    ones (txt, json) come from the scan file (or a ``pread``). Same bytes as :func:`_pack_buffered`."""
+    count = 0
+    fds: dict[int, int] = {}
+    try:
+        with FastTarWriter(out_tar) as w:
+            cached: tuple[int, int] | None = None
+            files: list[tuple[str, Any]] = []
+            for si, r, j0, n in _emitted(segments, tables, order):
+                t = tables[si]
+                if cached != (si, r):
+                    fd = fds.get(si)
+                    if fd is None:
+                        fd = fds[si] = os.open(segments[si][0], os.O_RDONLY)
+                    files = []
+                    for x, o, z, d in zip(t.exts[r], t.offsets[r], t.sizes[r], t.small[r]):
+                        if d is None or len(d) != z:
+                            if z >= _RANGE_MIN:
+                                d = Range(fd, o, z)
+                            else:
+                                d = os.pread(fd, z, o)
+                                if len(d) != z:
+                                    raise InputError(f"{segments[si][0]}: shard changed while resharding (short read at {o})")
+                        files.append((x, d))
+                    cached = (si, r)
+                uid = t.uids[r]
+                for j in range(j0, j0 + n):
+                    w.add(f"{uid}-{j}", files)
+                count += n
+    except ShortInput as e:
+        raise InputError(f"{out_tar}: an input shard changed while resharding ({e.strerror})") from None
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return count
 
 
 def _blur_sample(files, bboxes, fmt: str, quality: int):
@@ -532,6 +645,100 @@ def _collect_bboxes(pool: Path, scan_paths: list[Path], work: Path) -> str:
     with atomic_path(path, suffix=".parquet") as tmp:
         pq.write_table(table, tmp)
     return str(path)
+
+
+def _plain_segments(lo: int, hi: int, shards: list[Path], starts: list[int], scan_dir: Path) -> list[tuple[str, str, int, int]]:
+    """The (tar, scan file, first, end) segments of emitted samples [lo, hi) in input order;
+    ``starts[i]``: emitted index of shard i's first sample (known for a prefix of the shards)."""
+    segs = []
+    for i in range(len(starts) - 1):
+        a, b = max(lo, int(starts[i])), min(hi, int(starts[i + 1]))
+        if a < b:
+            p = shards[i]
+            segs.append((str(p), str(scan_dir / f"{p.stem}.parquet"), a - int(starts[i]), b - int(starts[i])))
+    return segs
+
+
+def _scan_and_pack(scan_units: list[Unit], shards: list[Path], scan_dir: Path, pack_dir: Path, out: Path,
+                   shard_size: int, workers: int) -> float:
+    """Run the scan units and the (plain: no shuffle, no blur) pack units in ``workers`` threads,
+    starting each output shard once the scans of the input shards before its end are done, ahead
+    of the remaining scans. Markers as ``run_units`` writes them; finished units are skipped.
+    Returns the time the last scan finished."""
+    from collections import deque
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from ..formats.manifest import mark_done, read_marker
+
+    scans: dict[str, dict[str, Any]] = {}
+    todo: deque = deque()
+    for u in scan_units:
+        done = read_marker(scan_dir, u.name)
+        if done is not None:
+            scans[u.name] = done
+        else:
+            todo.append(u)
+    ready: deque = deque()
+    starts = [0]
+    next_out = 0
+
+    def advance() -> None:
+        nonlocal next_out
+        while len(starts) <= len(shards) and shards[len(starts) - 1].stem in scans:
+            starts.append(starts[-1] + int(scans[shards[len(starts) - 1].stem]["emitted"]))
+        known, final = starts[-1], len(starts) == len(shards) + 1
+        while True:
+            lo = next_out * shard_size
+            hi = lo + shard_size
+            if final:
+                if lo >= known:
+                    return
+                hi = min(hi, known)
+            elif hi > known:
+                return
+            name = f"{next_out:08d}"
+            if read_marker(pack_dir, name) is None:
+                segs = _plain_segments(lo, hi, shards, starts, scan_dir)
+                ready.append(Unit(name, (str(out / SHARD_FORMAT.format(next_out)), segs), hi - lo))
+            next_out += 1
+
+    advance()
+    t_scan_end = time.time()
+    in_flight: dict = {}
+    # the bar counts input samples scanned (the packs run alongside)
+    with progress(total=sum(u.weight for u in todo), desc="reshard: scan (+write)", unit="samples") as bar, \
+            ThreadPoolExecutor(max_workers=workers) as pool:
+        try:
+            while todo or ready or in_flight:
+                while len(in_flight) < workers and (ready or todo):
+                    if ready:  # module-level lookups at call time (tests patch them)
+                        u, kind = ready.popleft(), "pack"
+                        in_flight[pool.submit(pack_unit, *u.args)] = (kind, u)
+                    else:
+                        u, kind = todo.popleft(), "scan"
+                        in_flight[pool.submit(scan_unit, *u.args)] = (kind, u)
+                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    kind, u = in_flight.pop(fut)
+                    res = fut.result()
+                    if kind == "scan":
+                        mark_done(scan_dir, u.name, res)
+                        scans[u.name] = res
+                        bar.update(u.weight)
+                        if not todo and all(k == "pack" for k, _ in in_flight.values()):
+                            t_scan_end = time.time()
+                        advance()
+                    else:
+                        mark_done(pack_dir, u.name, res)
+        finally:
+            for fut in in_flight:
+                fut.cancel()
+    return t_scan_end
+
+
+def _local_mode(executor: str, n: int, process_min: int) -> str:
+    """The executor for a pass of ``n`` samples: "local" runs threads below ``process_min``."""
+    return "threads" if executor == "local" and n < process_min else executor
 
 
 # ---- the stage -----------------------------------------------------------------------------------
@@ -659,13 +866,22 @@ def reshard(
             missing_stats.append(p.name)
         weights[p.name] = max(1, int((st or {}).get("successes") or 1))
     units = [Unit(p.stem, (str(p), str(ids_path), str(scan_dir / f"{p.stem}.parquet")), weights[p.name]) for p in shards]
-    # The scan reads headers and jsons only (~50 µs a sample). With the local executor it runs in
-    # this process unless the pool is large: starting worker processes (~1-2 s) would cost more.
+    # The scan reads headers and jsons only (pread releases the GIL). With the local executor it
+    # runs in threads of this process unless the pool is large: starting worker processes
+    # (~1-2 s each) would cost more than the GIL-held part of the scan gains from them.
     n_in = sum(weights.values())
-    scan_workers = workers if (executor != "local" or n_in >= SCAN_PARALLEL_MIN) else 1
-    scans = run_units(scan_unit, units, scan_dir, workers=scan_workers, executor=executor,
+    t_pipe = None
+    if (PIPELINE and workers >= 2 and not shuffle_bufsize and not apply_blur
+            and _local_mode(executor, n_in, SCAN_PARALLEL_MIN) == _local_mode(executor, max(n_in, n_subset), PACK_PARALLEL_MIN) == "threads"):
+        # threads for both passes: pack each output shard as soon as the scans before it are done,
+        # so the scan's Python overlaps the pack's in-kernel copying; the passes below then find
+        # every unit done (same units, same markers, same bytes)
+        t_scan_end = _scan_and_pack(units, shards, scan_dir, work / "pack", out, shard_size, workers)
+        t_scan, t_pipe = t_scan_end - t0, time.time()
+    scans = run_units(scan_unit, units, scan_dir, workers=workers, executor=_local_mode(executor, n_in, SCAN_PARALLEL_MIN),
                       desc="reshard: scan", unit_label="samples")
-    t_scan = time.time() - t0
+    if t_pipe is None:
+        t_scan = time.time() - t0
 
     # plan: emitted sequence in input order, cut into output shards of shard_size
     emitted = [scans[p.stem]["emitted"] for p in shards]
@@ -691,22 +907,20 @@ def reshard(
             order = [(seg_of[i], int(e - starts[i])) for i, e in zip(shard_of.tolist(), src.tolist())]
             unit_opts: dict[str, Any] | None = {**options, "order": order}
         else:
-            for i, p in enumerate(shards):
-                a, b = max(lo, int(starts[i])), min(hi, int(starts[i + 1]))
-                if a < b:
-                    segs.append((str(p), str(scan_dir / f"{p.stem}.parquet"), a - int(starts[i]), b - int(starts[i])))
+            segs = _plain_segments(lo, hi, shards, starts.tolist(), scan_dir)
             unit_opts = options or None
         args = (str(out / SHARD_FORMAT.format(o)), segs) + ((unit_opts,) if unit_opts else ())
         pack_units.append(Unit(f"{o:08d}", args, hi - lo))
 
     # pass 2: pack ------------------------------------------------------------------------------
     t0 = time.time()
-    # Packing runs near copy speed (~0.1 ms a sample); worker processes pay ~1-2 s each to start,
-    # so the local executor uses them only for outputs big enough to gain from them.
-    pack_workers = workers if (executor != "local" or total >= PACK_PARALLEL_MIN) else 1
-    packed = run_units(pack_unit, pack_units, work / "pack", workers=pack_workers, executor=executor,
+    # Packing is I/O: images are copied in the kernel, the GIL is held only for headers (~10 µs a
+    # sample). Threads of this process share the cores without the ~1-2 s start of a worker
+    # process; the local executor uses processes only for very large outputs.
+    packed = run_units(pack_unit, pack_units, work / "pack", workers=workers,
+                       executor=_local_mode(executor, total, PACK_PARALLEL_MIN),
                        desc="reshard: write", unit_label="samples")
-    t_pack = time.time() - t0
+    t_pack = time.time() - (t0 if t_pipe is None else t0 - (t_pipe - t_scan_end))
     # stale shards from an earlier, larger output cannot survive: _clear ran unless params matched
     for p in out.glob("*.tar"):
         if p.stem.isdigit() and int(p.stem) >= n_out:
