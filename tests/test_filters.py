@@ -400,3 +400,67 @@ def test_global_step_where_rules(tmp_path: Path):
     assert side["counts"]["kept"] == 3
     assert [r["sequential"] for r in side["removed_by"]] == [4, 1]
     assert [r["marginal"] for r in side["removed_by"]] == [4, 1]
+
+
+def test_word_char_kernel_long_rows_and_slices():
+    """The 8-bytes-at-a-time kernel: rows crossing word boundaries, every slice offset mod 8,
+    multi-byte whitespace inside and at the edges of rows, rows after empty and null rows."""
+    import re
+
+    from datacomp.filters.ops._text import fasttext_token_count, words_and_chars
+
+    def ft_tokens(t: str) -> int:  # fastText: runs of bytes other than 7 blanks, plus '</s>' per newline
+        b = t.encode()
+        return len(re.findall(rb"[^ \n\r\t\v\f\x00]+", b)) + b.count(b"\n")
+
+    rng = np.random.default_rng(1)
+    alphabet = list("abc  \t\n\r\x00\x0b\x1c\x85\xa0\u2000\u2009\u200b\u3000\u3001\u2019é日\U0001F600")
+    texts = ["".join(rng.choice(alphabet, int(rng.integers(0, 70)))) for _ in range(2000)]
+    texts[7] = texts[8] = ""
+    arr = pa.array(texts[:20] + [None] + texts[20:])
+    texts = texts[:20] + [""] + texts[20:]
+    for compiled in (True, False):
+        for start in range(9):
+            words, chars = words_and_chars(arr.slice(start), compiled)
+            assert words.tolist() == [len(t.split()) for t in texts[start:]]
+            assert chars.tolist() == [len(t) for t in texts[start:]]
+            assert fasttext_token_count(arr.slice(start), compiled).tolist() == [ft_tokens(t) for t in texts[start:]]
+
+
+def test_uid_pairs_and_sort_match_reference(tmp_path: Path, monkeypatch):
+    from datacomp.filters import _uids
+    from datacomp.formats.uids import pairs_to_uids
+
+    rng = np.random.default_rng(2)
+    n = 5000
+    a = np.empty(n, dtype=SUBSET_DTYPE)
+    a["f0"] = rng.integers(0, 2**64, n, dtype=np.uint64)
+    a["f1"] = rng.integers(0, 2**64, n, dtype=np.uint64)
+    a["f0"][:1000] = a["f0"][1000:2000] ^ rng.integers(0, 4, 1000, dtype=np.uint64)  # near-ties in hi
+    a[2000:2010] = a[2010:2020]  # duplicates
+    a["f0"][3000:3100] = 7  # equal hi, lo in any order
+    uids = pairs_to_uids(a)
+    monkeypatch.setattr(_uids, "_THREADED_MIN", 16)
+    for compiled in (True, False):
+        assert _uids.uid_pairs(pa.array(uids), compiled).tobytes() == uids_to_pairs(uids).tobytes()
+        assert _uids.uid_pairs(pa.array([u.upper() for u in uids]).slice(3), compiled).tobytes() == uids_to_pairs(uids[3:]).tobytes()
+        for bad in (["0" * 31 + "g"], ["0" * 31], ["0" * 30 + " 1"], [uids[0], "0" * 33]):
+            with pytest.raises(ValueError):
+                _uids.uid_pairs(pa.array(bad), compiled)
+        chunks = np.array_split(a, 7)
+        sorted_parts = [_uids.sort_pairs(c, compiled) for c in chunks]
+        for c, s in zip(chunks, sorted_parts):
+            assert s.tobytes() == make_subset(c).tobytes()
+        paths = []
+        for i, s in enumerate(sorted_parts):
+            paths.append(tmp_path / f"{i}.npy")
+            np.save(paths[-1], s)
+        arr, runs = _uids.load_parts(paths)
+        assert runs == [0, *np.cumsum([len(c) for c in chunks]).tolist()]
+        for threads in (1, 2):
+            assert _uids.sort_pairs(arr, compiled, runs=runs, threads=threads).tobytes() == make_subset(a).tobytes()
+        # runs that are not sorted: the threaded merge notices and sorts fully
+        unsorted_runs = [0, 100, n]
+        assert _uids.sort_pairs(a, compiled, runs=unsorted_runs, threads=2).tobytes() == make_subset(a).tobytes()
+        for m in (0, 1, 2):
+            assert _uids.sort_pairs(a[:m], compiled).tobytes() == make_subset(a[:m]).tobytes()

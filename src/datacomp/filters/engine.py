@@ -6,9 +6,10 @@ resumes where it stopped):
 1. for each global step, in order: a map pass over every parquet (computing — or loading from the
    score cache — the columns it needs) and a reduce in this process; the values are saved in the
    work directory and recorded in the sidecar;
-2. a select pass: every parquet's score columns, the keep rules, and the kept uids as a small
-   ``.npy`` part plus per-rule counts;
-3. the parts are concatenated, sorted and written as the subset (atomically), then the sidecar.
+2. a select pass: every parquet's score columns, the keep rules, and the kept uids, sorted in
+   the worker, as a small ``.npy`` part plus per-rule counts;
+3. the sorted parts are read into one array, merge-sorted (``_uids.sort_pairs``) and written as
+   the subset (atomically), then the sidecar.
 
 Only one score column of the whole pool is ever held in memory (by a quantile's reduce).
 """
@@ -34,7 +35,8 @@ from ..executors import Unit, run_units
 from ..formats.atomic import atomic_path, write_json
 from ..formats.manifest import manifest_digest
 from ..formats.pool import list_parquets, npz_path, parquet_num_rows, read_metadata
-from ..formats.uids import SUBSET_DTYPE, uids_to_pairs, write_subset
+from ..formats.uids import write_subset
+from ._uids import load_parts, sort_pairs, uid_pairs
 from .recipe import Recipe, Rule, load_recipe
 from .registry import GlobalOp, OpEnv, OpParamError, ShardContext, ShardOp
 
@@ -272,40 +274,6 @@ def _shard_ops(recipe: Recipe, upto: int | None = None) -> list[ShardOp]:
     return [s.op for s in steps if isinstance(s.op, ShardOp)]
 
 
-def uid_pairs(uids: pa.Array) -> np.ndarray:
-    """32-hex uids -> ``u8,u8`` pairs. When every uid is 32 characters (CommonPool's form) the
-    column's bytes are decoded in one ``bytes.fromhex`` call; otherwise ``uids_to_pairs``."""
-    if pa.types.is_string(uids.type) and len(uids) and not uids.null_count:
-        bufs = uids.buffers()
-        off = np.frombuffer(bufs[1], dtype=np.int32, count=len(uids) + 1, offset=uids.offset * 4)
-        if off[-1] - off[0] == 32 * len(uids) and (np.diff(off) == 32).all():
-            raw = bytes.fromhex(memoryview(bufs[2])[off[0]:off[-1]].tobytes().decode("ascii", "replace"))
-            if len(raw) == 16 * len(uids):  # fromhex skips spaces: a short result means a bad uid
-                words = np.frombuffer(raw, dtype=">u8").reshape(-1, 2)
-                out = np.empty(len(uids), dtype=SUBSET_DTYPE)
-                out["f0"] = words[:, 0]
-                out["f1"] = words[:, 1]
-                return out
-    return uids_to_pairs(uids.to_numpy(zero_copy_only=False))
-
-
-def sort_pairs(parts: list[np.ndarray], presorted: bool = False) -> np.ndarray:
-    """Concatenate uid-pair arrays and sort by (hi, lo): the order (and content) of the reference's
-    structured-array sort, ~30x faster (a stable argsort of the high halves, then a lexsort only
-    when rows with equal high halves came out of order)."""
-    arr = np.concatenate([np.asarray(p, dtype=SUBSET_DTYPE) for p in parts]) if parts else np.empty(0, dtype=SUBSET_DTYPE)
-    if len(arr) > 1:
-        # parts already sorted: a stable sort (timsort) merges the runs in O(n log parts);
-        # otherwise quicksort. uids are hashes, so ties on the high half are rare
-        kind = "stable" if presorted and len(parts) > 1 else "quicksort"
-        arr = arr[np.argsort(arr["f0"], kind=kind)]
-        hi, lo = arr["f0"], arr["f1"]
-        tie = hi[1:] == hi[:-1]
-        if tie.any() and (tie & (lo[1:] < lo[:-1])).any():
-            arr = arr[np.lexsort((lo, hi))]
-    return arr
-
-
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, arr, allow_pickle=False)
@@ -354,10 +322,25 @@ def select_unit(parquet: str, recipe: Recipe, env: OpEnv, cache_dir: str | None,
         keep_rows |= alive
         group_fail.append(int(n - alive.sum()))
         all_fail.append(int(n - keep_rows.sum()))
-    kept = sort_pairs([pairs[keep_rows]])  # sorted here, in parallel; the driver merges
-    _save_npy(Path(part), kept)
+    kept = kept_part(pairs, keep_rows, part)
     return {"rows": n, "kept": int(len(kept)), "marginal": marginal, "sequential": sequential,
             "group_removed": group_fail, "group_cumulative": all_fail, "cache": store.stats}
+
+
+def kept_part(pairs: np.ndarray, keep_rows: np.ndarray | None, part: str | os.PathLike) -> np.ndarray:
+    """A select unit's output: its kept uid pairs, sorted here (in the worker, in parallel), saved."""
+    kept = sort_pairs(pairs if keep_rows is None or keep_rows.all() else pairs[keep_rows])
+    _save_npy(Path(part), kept)
+    return kept
+
+
+def write_subset_from_parts(parts: list[str | os.PathLike], out: str | os.PathLike) -> np.ndarray:
+    """The driver's share of writing the subset: read the workers' sorted parts into one array,
+    merge-sort them by (hi, lo) and write the subset atomically (``formats.uids.write_subset``)."""
+    arr, runs = load_parts(parts)
+    subset = sort_pairs(arr, runs=runs, threads=2)
+    write_subset(out, subset)
+    return subset
 
 
 # ---- the stage -----------------------------------------------------------------------------------
@@ -508,10 +491,7 @@ def run_filter(
 
     # 3. subset + sidecar ------------------------------------------------------------------------
     t0 = time.time()
-    parts = [np.load(sdir / f"{p.stem}.npy", allow_pickle=False) for p in parquets]
-    subset = sort_pairs(parts, presorted=True)
-    del parts
-    write_subset(out, subset)
+    subset = write_subset_from_parts([sdir / f"{p.stem}.npy" for p in parquets], out)
     timings["write"] = round(time.time() - t0, 3)
 
     rows = sum(r["rows"] for r in results.values())

@@ -57,6 +57,22 @@ def _bytes(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return data, offsets - offsets[0] if offsets[0] else offsets
 
 
+def _buffer(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(the whole value buffer as bytes, the rows' int32 offsets into it), without copies."""
+    text = as_text(text)
+    n = len(text)
+    bufs = text.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int32, count=n + 1, offset=text.offset * 4)
+    if bufs[2] is None or n == 0:
+        return np.zeros(0, dtype=np.uint8), np.zeros(n + 1, dtype=np.int32)
+    return np.frombuffer(bufs[2], dtype=np.uint8), offsets
+
+
+def _tail(base: np.ndarray, whole: int) -> np.uint64:
+    """The bytes after the last whole 8-byte word, zero-padded, as one little-endian word."""
+    return np.uint64(int.from_bytes(base[whole:].tobytes(), "little"))
+
+
 def _ranges(table: np.ndarray) -> list[tuple[int, int]]:
     """The byte ranges [lo, hi] where ``table`` is True."""
     out, b = [], 0
@@ -148,98 +164,11 @@ assert _KERNEL_MULTI == sorted(_PY_WS_MULTI), "Python's whitespace set changed: 
 
 
 def _compile():
-    try:
-        from numba import njit
+    try:  # the kernels live in their own module so that numba can cache them on disk
+        from . import _text_kernels as k
     except Exception:  # numba missing or incompatible with this NumPy: NumPy passes instead
         return None, None
-
-    @njit(cache=True, nogil=True)
-    def py_words(data, offsets, chars):  # pragma: no cover - compiled
-        """Words per row; also fills ``chars`` with the code points per row (``len``)."""
-        n = len(offsets) - 1
-        out = np.zeros(n, dtype=np.int64)
-        for r in range(n):
-            i = offsets[r]
-            end = offsets[r + 1]
-            # branch-free pass (words of ASCII rows, code points of every row); non-ASCII rows'
-            # words are counted again below, decoding UTF-8
-            prev = 1
-            cnt = 0
-            high = 0
-            cont = 0
-            for j in range(i, end):
-                b = data[j]
-                w = 1 if ((b - 9) & 0xFF) <= 4 or ((b - 28) & 0xFF) <= 4 else 0
-                cnt += prev & (1 - w)
-                prev = w
-                high |= b & 0x80
-                cont += 1 if (b & 0xC0) == 0x80 else 0
-            chars[r] = end - i - cont
-            if high == 0:
-                out[r] = cnt
-                continue
-            cnt = 0
-            inword = False
-            while i < end:
-                b = data[i]
-                step = 1
-                ws = False
-                if 32 < b < 0x80:  # the common case: a printable ASCII byte
-                    pass
-                elif b < 0x80:
-                    ws = (9 <= b <= 13) or (28 <= b <= 32)
-                else:
-                    if b >= 0xF0:
-                        step = 4
-                    elif b >= 0xE0:
-                        step = 3
-                    elif b >= 0xC0:
-                        step = 2
-                    if b == 0xC2 and i + 1 < end:
-                        c1 = data[i + 1]
-                        ws = c1 == 0x85 or c1 == 0xA0
-                    elif b == 0xE1 and i + 2 < end:
-                        ws = data[i + 1] == 0x9A and data[i + 2] == 0x80
-                    elif b == 0xE2 and i + 2 < end:
-                        c1 = data[i + 1]
-                        c2 = data[i + 2]
-                        ws = (c1 == 0x80 and ((0x80 <= c2 <= 0x8A) or c2 == 0xA8 or c2 == 0xA9 or c2 == 0xAF)) \
-                            or (c1 == 0x81 and c2 == 0x9F)
-                    elif b == 0xE3 and i + 2 < end:
-                        ws = data[i + 1] == 0x80 and data[i + 2] == 0x80
-                if ws:
-                    inword = False
-                elif not inword:
-                    inword = True
-                    cnt += 1
-                i += step
-            out[r] = cnt
-        return out
-
-    @njit(cache=True, nogil=True)
-    def ft_tokens(data, offsets):  # pragma: no cover - compiled
-        n = len(offsets) - 1
-        out = np.zeros(n, dtype=np.int64)
-        for r in range(n):
-            cnt = 0
-            inword = False
-            for i in range(offsets[r], offsets[r + 1]):
-                b = data[i]
-                if b > 32:
-                    if not inword:
-                        inword = True
-                        cnt += 1
-                elif b == 32 or b == 10 or b == 13 or b == 9 or b == 11 or b == 12 or b == 0:
-                    inword = False
-                    if b == 10:
-                        cnt += 1  # '</s>'
-                elif not inword:
-                    inword = True
-                    cnt += 1
-            out[r] = cnt
-        return out
-
-    return py_words, ft_tokens
+    return k.py_words, k.ft_tokens
 
 
 _KERNELS: tuple | None = None
@@ -259,19 +188,24 @@ def py_word_count(text: pa.Array, compiled: bool = True) -> np.ndarray:
 
 def words_and_chars(text: pa.Array, compiled: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(``len(t.split())``, ``len(t)``) per row, in one pass over the bytes."""
-    data, offsets = _bytes(text)
     kernel = _kernels()[0] if compiled else None
     if kernel is None:
+        data, offsets = _bytes(text)
         return _np_py_word_count(data, offsets), char_count(text)
+    base, offsets = _buffer(text)
     chars = np.zeros(len(offsets) - 1, dtype=np.int64)
-    return kernel(data, offsets, chars), chars
+    whole = len(base) // 8 * 8
+    return kernel(base, base[:whole].view(np.uint64), _tail(base, whole), offsets, chars), chars
 
 
 def fasttext_token_count(text: pa.Array, compiled: bool = True) -> np.ndarray:
     """``len(fasttext.tokenize(t))`` per row."""
-    data, offsets = _bytes(text)
     kernel = _kernels()[1] if compiled else None
-    return kernel(data, offsets) if kernel is not None else _np_fasttext_token_count(data, offsets)
+    if kernel is None:
+        return _np_fasttext_token_count(*_bytes(text))
+    base, offsets = _buffer(text)
+    whole = len(base) // 8 * 8
+    return kernel(base, base[:whole].view(np.uint64), _tail(base, whole), offsets)
 
 
 def char_count(text: pa.Array) -> np.ndarray:
