@@ -12,6 +12,7 @@ from datacomp.errors import ConfigError, DatacompError, FormatError, InputError
 from datacomp.filters import list_ops_and_recipes, load_recipe, run_filter
 from datacomp.filters.ops import language as language_mod
 from datacomp.formats.pool import write_metadata, write_npz
+from pool_tables import pool_table
 from datacomp.formats.uids import SUBSET_DTYPE, is_sorted, make_subset, read_subset, uids_to_pairs
 
 ENGLISH = [
@@ -42,16 +43,7 @@ def _table(texts, widths, heights, b32=None, l14=None, uids=None, rng=None) -> p
     uids = uids or [_uid(rng) for _ in range(n)]
     b32 = b32 if b32 is not None else rng.uniform(0.1, 0.4, n).astype(np.float32)
     l14 = l14 if l14 is not None else rng.uniform(0.1, 0.4, n).astype(np.float32)
-    return pa.table({
-        "uid": pa.array(uids, pa.string()),
-        "url": pa.array([f"http://x/{i}.jpg" for i in range(n)], pa.string()),
-        "text": pa.array(texts, pa.string()),
-        "original_width": pa.array(widths, pa.int64()),
-        "original_height": pa.array(heights, pa.int64()),
-        "clip_b32_similarity_score": pa.array(np.asarray(b32, np.float32), pa.float32()),
-        "clip_l14_similarity_score": pa.array(np.asarray(l14, np.float32), pa.float32()),
-        "sha256": pa.array(["0" * 64] * n, pa.string()),
-    })
+    return pool_table(texts, widths, heights, b32, l14, uids)
 
 
 def _make_pool(root: Path, tables: list[pa.Table]) -> Path:

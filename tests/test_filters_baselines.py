@@ -19,6 +19,7 @@ from datacomp.filters import load_recipe, run_filter
 from datacomp.filters.ops import language as language_mod
 from datacomp.filters.wordnet import bundled_ids, check_dir, load_wordnet, read_wnids
 from datacomp.formats.pool import write_metadata
+from pool_tables import pool_table
 from datacomp.formats.uids import SUBSET_DTYPE, make_subset, read_subset, uids_to_pairs
 
 TEXTS = [
@@ -40,18 +41,7 @@ TEXTS = [
 SIZES = [(200, 200), (199, 400), (400, 199), (600, 200), (601, 200), (200, 600), (1000, 333), (0, 500)]
 
 
-def _table(texts, widths, heights, b32, l14, uids) -> pa.Table:
-    n = len(texts)
-    return pa.table({
-        "uid": pa.array(uids, pa.string()),
-        "url": pa.array([f"http://x/{i}.jpg" for i in range(n)], pa.string()),
-        "text": pa.array(texts, pa.string()),
-        "original_width": pa.array(widths, pa.int64()),
-        "original_height": pa.array(heights, pa.int64()),
-        "clip_b32_similarity_score": pa.array(np.asarray(b32, np.float32), pa.float32()),
-        "clip_l14_similarity_score": pa.array(np.asarray(l14, np.float32), pa.float32()),
-        "sha256": pa.array(["0" * 64] * n, pa.string()),
-    })
+_table = pool_table
 
 
 # 4-d image embeddings: unit axes, and rows exactly between two axes (ties)

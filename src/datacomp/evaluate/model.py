@@ -77,10 +77,9 @@ def _quiet_random_init():
 
 
 def default_loader() -> ModelLoader:
-    """``datacomp.train.load_model`` when the training module provides it, else ``load_run_model``."""
-    try:
-        from ..train import load_model  # type: ignore[attr-defined]
+    """The training stage's loader, ``datacomp.train.load_model``: evaluation loads a run the way
+    training wrote it. ``load_run_model`` stays as an independent loader (plain open_clip calls),
+    which the parity tests use to check it."""
+    from ..train import load_model
 
-        return load_model
-    except ImportError:
-        return load_run_model
+    return load_model
