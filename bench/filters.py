@@ -15,7 +15,7 @@ All on the same files, in one run:
    workers, uid conversion, sort and save of each shard's part (``engine.kept_part``, into a new
    directory per repeat, as a run's work directory is new), then in one process reading the parts,
    merging and writing the subset to a new file (``engine.write_subset_from_parts``), the same
-   functions ``run_filter`` calls; ratio = step rate / raw read rate of its columns. The caption
+   functions, called the same way, as ``run_filter``'s select pass and driver; ratio = step rate / raw read rate of its columns. The caption
    step runs the ``caption_length`` op itself (Arrow column in, Arrow columns out).
 3. Language ID (one process, all shards, text already in memory): the op (newlines, batch
    predict, labels) against ``model.f.multilinePredict`` alone on the same prepared lines.
@@ -47,7 +47,7 @@ from datacomp.filters.ops import language as lang  # noqa: E402
 from datacomp.filters.ops.image_size import ImageSize  # noqa: E402
 from datacomp.filters.ops.quantile import QuantileThreshold  # noqa: E402
 from datacomp.filters.registry import ShardContext  # noqa: E402
-from datacomp.formats.pool import npz_path  # noqa: E402
+from datacomp.formats.pool import npz_path, one_array  # noqa: E402
 from datacomp.filters.engine import kept_part, uid_pairs, write_subset_from_parts  # noqa: E402
 from datacomp.filters.ops.caption import CaptionLength  # noqa: E402
 
@@ -84,17 +84,17 @@ def step_job(kind: str, parquet: str) -> None:
         return
     if kind == "caption_length":  # the op as the engine runs it (column in, Arrow columns out)
         t = pq.read_table(parquet, columns=["text"])
-        CaptionLength().compute({"text": t.column("text").combine_chunks()}, ShardContext(Path(parquet), t.num_rows))
+        CaptionLength().compute({"text": one_array(t.column("text"))}, ShardContext(Path(parquet), t.num_rows))
     elif kind == "caption_tokens":
         _text.fasttext_token_count(_text.as_text(pq.read_table(parquet, columns=["text"]).column("text")))
     elif kind == "image_size":
         t = pq.read_table(parquet, columns=["original_width", "original_height"])
-        ImageSize().compute({c: t.column(c).combine_chunks() for c in t.column_names}, ShardContext(Path(parquet), t.num_rows))
+        ImageSize().compute({c: one_array(t.column(c)) for c in t.column_names}, ShardContext(Path(parquet), t.num_rows))
     elif kind == "uids":
-        uid_pairs(pq.read_table(parquet, columns=["uid"]).column("uid").combine_chunks())
+        uid_pairs(pq.read_table(parquet, columns=["uid"]).column("uid"))
     elif kind.startswith("uids_sorted"):  # the select pass's uid work per shard: convert, sort, save
         # the part (into a new directory per repeat, "uids_sorted@<repeat>", as a run's work dir is new)
-        pairs = uid_pairs(pq.read_table(parquet, columns=["uid"]).column("uid").combine_chunks())
+        pairs = uid_pairs(pq.read_table(parquet, columns=["uid"]).column("uid"), scratch=True)
         kept_part(pairs, None, str(PART_DIR / kind.partition("@")[2] / f"{Path(parquet).stem}.npy"))
     else:
         raise ValueError(kind)

@@ -456,3 +456,60 @@ def test_uid_pairs_and_sort_match_reference(tmp_path: Path, monkeypatch):
         assert _uids.sort_pairs(a, compiled, runs=unsorted_runs, threads=2).tobytes() == make_subset(a).tobytes()
         for m in (0, 1, 2):
             assert _uids.sort_pairs(a[:m], compiled).tobytes() == make_subset(a[:m]).tobytes()
+
+
+def test_streamed_part_and_merge_files_equal_reference_save(tmp_path: Path, monkeypatch):
+    """write_sorted_part / merge_parts (the select pass's writes) give the bytes of
+    np.save(make_subset(...)) for every kernel path, keep mask, chunking and thread split,
+    including near-ties, equal high halves, duplicates, empty parts and unsorted parts."""
+    from datacomp.filters import _uids
+
+    rng = np.random.default_rng(5)
+    n = 6000
+    a = np.empty(n, dtype=SUBSET_DTYPE)
+    a["f0"] = rng.integers(0, 2**64, n, dtype=np.uint64)
+    a["f1"] = rng.integers(0, 2**64, n, dtype=np.uint64)
+    a["f0"][:1000] = a["f0"][1000:2000] ^ rng.integers(0, 4, 1000, dtype=np.uint64)  # ties in the kept bits
+    a[2000:2010] = a[2010:2020]  # duplicates
+    a["f0"][3000:3100] = 7  # equal hi, lo in any order
+    monkeypatch.setattr(_uids, "_CHUNK", 257)  # many chunks, with junctions to check
+    monkeypatch.setattr(_uids, "_THREADED_MIN", 16)
+
+    def saved(arr):
+        p = tmp_path / "ref.npy"
+        np.save(p, make_subset(arr))
+        return p.read_bytes()
+
+    for compiled in (True, False):
+        chunks = np.array_split(a, 6)
+        chunks.insert(2, a[:0])  # an empty part
+        keeps = [rng.random(len(c)) < 0.7 for c in chunks]
+        keeps[0][:] = True
+        paths = []
+        for i, (c, keep) in enumerate(zip(chunks, keeps)):
+            paths.append(tmp_path / f"part{i}.npy")
+            scratch = _uids._scratch("pairs", len(c), SUBSET_DTYPE)  # a reused buffer, as workers pass
+            scratch[:] = c
+            assert _uids.write_sorted_part(scratch, keep, paths[-1], compiled) == int(keep.sum())
+            assert paths[-1].read_bytes() == saved(c[keep])
+            assert np.load(paths[-1]).dtype == SUBSET_DTYPE
+        kept_all = np.concatenate([c[k] for c, k in zip(chunks, keeps)])
+        for threads in (1, 2):
+            out = tmp_path / f"subset{threads}.npy"
+            assert _uids.merge_parts(paths, out, compiled, threads=threads) == len(kept_all)
+            assert out.read_bytes() == saved(kept_all)
+            assert not list(tmp_path.glob(".subset*"))  # no temporary left behind
+        # parts that are not sorted: a check fails while streaming and the whole array is sorted
+        bad = [tmp_path / "u0.npy", tmp_path / "u1.npy"]
+        np.save(bad[0], a[:3000])
+        np.save(bad[1], a[3000:])
+        for threads in (1, 2):
+            assert _uids.merge_parts(bad, tmp_path / "u.npy", compiled, threads=threads) == n
+            assert (tmp_path / "u.npy").read_bytes() == saved(a)
+        # an empty subset and a single row
+        assert _uids.write_sorted_part(a[:5], np.zeros(5, dtype=bool), tmp_path / "e.npy", compiled) == 0
+        assert (tmp_path / "e.npy").read_bytes() == saved(a[:0])
+        assert _uids.merge_parts([tmp_path / "e.npy"], tmp_path / "e2.npy", compiled) == 0
+        assert (tmp_path / "e2.npy").read_bytes() == saved(a[:0])
+        assert _uids.write_sorted_part(a[:1], None, tmp_path / "one.npy", compiled) == 1
+        assert (tmp_path / "one.npy").read_bytes() == saved(a[:1])

@@ -35,21 +35,23 @@ def hex8(x):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def hex_words(words, offsets, out):  # pragma: no cover - compiled
-    """hex_pairs for 8-byte-aligned rows: ``words`` = the rows' bytes as uint64, 4 per row."""
+def hex_words(words, offsets, out32):  # pragma: no cover - compiled
+    """hex_pairs for 8-byte-aligned rows: ``words`` = the rows' bytes as uint64, 4 per row;
+    ``out32`` = the output pairs as uint32, 4 per row. Both loops are branch-free so that LLVM
+    vectorises them (~10x the speed of a loop that stores whole uint64 pairs)."""
     n = len(offsets) - 1
+    lens = np.int64(0)
     for r in range(n):
-        if offsets[r + 1] - offsets[r] != 32:
-            return False
+        lens |= np.int64(offsets[r + 1] - offsets[r]) ^ np.int64(32)
+    if lens != 0:
+        return False
     bad = u64(0)
-    for r in range(n):
-        v0, b0 = hex8(words[4 * r])
-        v1, b1 = hex8(words[4 * r + 1])
-        v2, b2 = hex8(words[4 * r + 2])
-        v3, b3 = hex8(words[4 * r + 3])
-        bad |= b0 | b1 | b2 | b3
-        out[r, 0] = (v0 << u64(32)) | v1
-        out[r, 1] = (v2 << u64(32)) | v3
+    for i in range(2 * n):  # 16 hex digits -> one uint64 = (first 8 digits << 32) | last 8
+        v0, b0 = hex8(words[2 * i])
+        v1, b1 = hex8(words[2 * i + 1])
+        out32[2 * i] = np.uint32(v1)  # little-endian: the low half first
+        out32[2 * i + 1] = np.uint32(v0)
+        bad |= b0 | b1
     return bad == 0
 
 
@@ -115,3 +117,16 @@ def gather_check(pairs, keys, shift, out):  # pragma: no cover - compiled
         ph = h
         pl = lo
     return ok
+
+
+@njit(cache=True, nogil=True)
+def pack_keys_masked(pairs, keep, shift, keys):  # pragma: no cover - compiled
+    """pack_keys over the rows where ``keep`` is true (row index = the row in ``pairs``);
+    returns how many keys were written."""
+    m = ~((u64(1) << u64(shift)) - u64(1))
+    j = 0
+    for i in range(len(keep)):
+        if keep[i]:
+            keys[j] = (pairs[i, 0] & m) | u64(i)
+            j += 1
+    return j

@@ -8,8 +8,8 @@ resumes where it stopped):
    work directory and recorded in the sidecar;
 2. a select pass: every parquet's score columns, the keep rules, and the kept uids, sorted in
    the worker, as a small ``.npy`` part plus per-rule counts;
-3. the sorted parts are read into one array, merge-sorted (``_uids.sort_pairs``) and written as
-   the subset (atomically), then the sidecar.
+3. the sorted parts are read into one array, merged by value range in two threads that stream
+   their rows into the subset file (``_uids.merge_parts``; written atomically), then the sidecar.
 
 Only one score column of the whole pool is ever held in memory (by a quantile's reduce).
 """
@@ -34,9 +34,8 @@ from ..errors import ConfigError, FormatError, InputError
 from ..executors import Unit, run_units
 from ..formats.atomic import atomic_path, write_json
 from ..formats.manifest import manifest_digest
-from ..formats.pool import list_parquets, npz_path, parquet_num_rows, read_metadata
-from ..formats.uids import write_subset
-from ._uids import load_parts, sort_pairs, uid_pairs
+from ..formats.pool import list_parquets, npz_path, one_array, parquet_num_rows, read_metadata
+from ._uids import merge_parts, uid_pairs, write_sorted_part
 from .recipe import Recipe, Rule, load_recipe
 from .registry import GlobalOp, OpEnv, OpParamError, ShardContext, ShardOp
 
@@ -174,7 +173,7 @@ class ShardColumns:
         if table.num_rows != self.num_rows:
             raise FormatError(f"{self.parquet}: read {table.num_rows} rows, metadata says {self.num_rows}")
         for n in names:
-            self.raw[n] = table.column(n).combine_chunks()
+            self.raw[n] = one_array(table.column(n))
 
     def get(self, name: str, before: int | None = None) -> pa.Array:
         op = self._producer(name, before)
@@ -196,7 +195,7 @@ class ShardColumns:
             try:
                 table = pq.read_table(path, columns=op.outputs())
                 for c in op.outputs():
-                    self.columns[c] = table.column(c).combine_chunks()
+                    self.columns[c] = one_array(table.column(c))
                 entry["cached_rows"] += self.num_rows
                 return
             except Exception as e:  # damaged cache: recompute
@@ -226,8 +225,7 @@ class ShardColumns:
                 raise RuntimeError(f"op '{op.name}' did not produce column '{c}'")
             if len(out[c]) != expect:
                 raise RuntimeError(f"op '{op.name}' produced {len(out[c])} values for {expect} rows of {self.parquet}")
-            if isinstance(out[c], pa.ChunkedArray):
-                out[c] = out[c].combine_chunks()
+            out[c] = one_array(out[c])
             if rows is not None:
                 out[c] = out[c].take(back_idx)
             self.columns[c] = out[c]
@@ -306,7 +304,7 @@ def select_unit(parquet: str, recipe: Recipe, env: OpEnv, cache_dir: str | None,
     if uids.null_count:
         raise FormatError(f"{path}: column 'uid' has {uids.null_count} null values")
     try:
-        pairs = uid_pairs(uids)
+        pairs = uid_pairs(uids, scratch=True)  # valid until the next shard of this worker
     except ValueError as e:
         raise FormatError(f"{path}: bad uid: {e}") from None
     n = store.num_rows
@@ -323,24 +321,21 @@ def select_unit(parquet: str, recipe: Recipe, env: OpEnv, cache_dir: str | None,
         group_fail.append(int(n - alive.sum()))
         all_fail.append(int(n - keep_rows.sum()))
     kept = kept_part(pairs, keep_rows, part)
-    return {"rows": n, "kept": int(len(kept)), "marginal": marginal, "sequential": sequential,
+    return {"rows": n, "kept": kept, "marginal": marginal, "sequential": sequential,
             "group_removed": group_fail, "group_cumulative": all_fail, "cache": store.stats}
 
 
-def kept_part(pairs: np.ndarray, keep_rows: np.ndarray | None, part: str | os.PathLike) -> np.ndarray:
-    """A select unit's output: its kept uid pairs, sorted here (in the worker, in parallel), saved."""
-    kept = sort_pairs(pairs if keep_rows is None or keep_rows.all() else pairs[keep_rows])
-    _save_npy(Path(part), kept)
-    return kept
+def kept_part(pairs: np.ndarray, keep_rows: np.ndarray | None, part: str | os.PathLike) -> int:
+    """A select unit's output: its kept uid pairs, sorted here (in the worker, in parallel) and
+    streamed into the part file (``_uids.write_sorted_part``); returns how many were kept."""
+    return write_sorted_part(pairs, keep_rows, part)
 
 
-def write_subset_from_parts(parts: list[str | os.PathLike], out: str | os.PathLike) -> np.ndarray:
+def write_subset_from_parts(parts: list[str | os.PathLike], out: str | os.PathLike) -> int:
     """The driver's share of writing the subset: read the workers' sorted parts into one array,
-    merge-sort them by (hi, lo) and write the subset atomically (``formats.uids.write_subset``)."""
-    arr, runs = load_parts(parts)
-    subset = sort_pairs(arr, runs=runs, threads=2)
-    write_subset(out, subset)
-    return subset
+    merge them by (hi, lo) in two threads, each streaming its value range into the subset file
+    (written atomically; every row checked to be in order while written). Returns the row count."""
+    return merge_parts(parts, out, threads=2)
 
 
 # ---- the stage -----------------------------------------------------------------------------------
@@ -491,11 +486,10 @@ def run_filter(
 
     # 3. subset + sidecar ------------------------------------------------------------------------
     t0 = time.time()
-    subset = write_subset_from_parts([sdir / f"{p.stem}.npy" for p in parquets], out)
+    kept = write_subset_from_parts([sdir / f"{p.stem}.npy" for p in parquets], out)
     timings["write"] = round(time.time() - t0, 3)
 
     rows = sum(r["rows"] for r in results.values())
-    kept = int(len(subset))
     removed_by = []
     j = 0
     for g, (label, rules) in enumerate(plan.rule_groups()):

@@ -90,6 +90,14 @@ def parquet_num_rows(path: str | os.PathLike) -> int:
         raise FormatError(f"{path}: cannot read parquet: {e}") from None
 
 
+def one_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A column as one Arrow array: its only chunk as it is (``combine_chunks`` would copy it),
+    else the chunks concatenated."""
+    if isinstance(column, pa.ChunkedArray):
+        return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    return column
+
+
 def read_metadata(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pa.Table:
     """Read columns of one metadata parquet, checking that they exist (``uid`` always required)."""
     path = Path(path)

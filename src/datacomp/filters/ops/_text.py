@@ -21,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ...formats.pool import one_array
+
 # the code points for which str.isspace() is true (tests check this against Python itself)
 PY_WS = [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20, 0x85, 0xA0, 0x1680,
          *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000]
@@ -34,8 +36,7 @@ _FT_WS[[0x20, 0x0A, 0x0D, 0x09, 0x0B, 0x0C, 0x00]] = True
 
 def as_text(column: pa.Array) -> pa.Array:
     """A plain ``string`` column with nulls as '' (large/dictionary/chunked columns converted)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
+    column = one_array(column)
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
     if not pa.types.is_string(column.type):
