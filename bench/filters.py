@@ -12,9 +12,10 @@ All on the same files, in one run:
 2. Model-free steps, the same way: read + compute of caption counts (words/chars, fastText
    tokens), image size/aspect, uid conversion; the quantile threshold (read the score column of
    every shard, then the pool-wide reduce in one process) and writing the subset: in the
-   workers, uid conversion, sort and save of each shard's part (``engine.kept_part``, into a new
-   directory per repeat, as a run's work directory is new), then in one process reading the parts,
-   merging and writing the subset to a new file (``engine.write_subset_from_parts``), the same
+   workers, uid conversion, grouping by top byte and save of each shard's part
+   (``engine.kept_part``, into a new directory per repeat, as a run's work directory is new), then
+   in one process the merge of the parts into a new subset file
+   (``engine.write_subset_from_parts``, given the parts' group ends as run_filter is), the same
    functions, called the same way, as ``run_filter``'s select pass and driver; ratio = step rate / raw read rate of its columns. The caption
    step runs the ``caption_length`` op itself (Arrow column in, Arrow columns out).
 3. Language ID (one process, all shards, text already in memory): the op (newlines, batch
@@ -62,7 +63,7 @@ STEPS = {
     "caption fastText tokens": ("caption_tokens", "text"),
     "image size + aspect": ("image_size", "width+height"),
     "uid -> (hi, lo)": ("uids", "uid"),
-    "uid -> (hi, lo), sorted + saved per shard": ("uids_sorted", "uid"),
+    "uid -> (hi, lo), grouped + saved per shard": ("uids_sorted", "uid"),
     "quantile map (read L/14 column)": ("read:clip_l14", "clip_l14"),
 }
 
@@ -92,10 +93,10 @@ def step_job(kind: str, parquet: str) -> None:
         ImageSize().compute({c: one_array(t.column(c)) for c in t.column_names}, ShardContext(Path(parquet), t.num_rows))
     elif kind == "uids":
         uid_pairs(pq.read_table(parquet, columns=["uid"]).column("uid"))
-    elif kind.startswith("uids_sorted"):  # the select pass's uid work per shard: convert, sort, save
+    elif kind.startswith("uids_sorted"):  # the select pass's uid work per shard: convert, group, save
         # the part (into a new directory per repeat, "uids_sorted@<repeat>", as a run's work dir is new)
         pairs = uid_pairs(pq.read_table(parquet, columns=["uid"]).column("uid"), scratch=True)
-        kept_part(pairs, None, str(PART_DIR / kind.partition("@")[2] / f"{Path(parquet).stem}.npy"))
+        return kept_part(pairs, None, str(PART_DIR / kind.partition("@")[2] / f"{Path(parquet).stem}.npy"))[1]
     else:
         raise ValueError(kind)
 
@@ -156,8 +157,10 @@ def main() -> int:
                 (PART_DIR / "last").mkdir()
                 job = f"{kind}@last"
             t0 = time.perf_counter()
-            list(pool_exec.map(step_job, [job] * len(parquets), [str(p) for p in parquets]))
+            out = list(pool_exec.map(step_job, [job] * len(parquets), [str(p) for p in parquets]))
             dt = time.perf_counter() - t0
+            if kind == "uids_sorted":
+                groups = out  # each part's top-byte group ends, as select units return them
             best[kind] = min(best.get(kind, dt), dt)
 
     def over_shards(kind: str) -> float:
@@ -185,14 +188,14 @@ def main() -> int:
     dt_write = None
     for rep in range(a.repeat):  # a new output file each time, as a run writes its subset
         t0 = time.perf_counter()
-        write_subset_from_parts(parts, tmpd / f"s{rep}.npy")
+        write_subset_from_parts(parts, tmpd / f"s{rep}.npy", groups)
         dt = time.perf_counter() - t0
         dt_write = dt if dt_write is None else min(dt_write, dt)
         (tmpd / f"s{rep}.npy").unlink()
     t_q = n / steps["quantile map (read L/14 column)"]["rows_per_s"] + dt_reduce
     steps["quantile threshold (map + reduce)"] = {"rows_per_s": n / t_q, "raw": "clip_l14",
                                                   "raw_rows_per_s": raw["clip_l14"], "ratio": (n / t_q) / raw["clip_l14"]}
-    t_w = n / steps["uid -> (hi, lo), sorted + saved per shard"]["rows_per_s"] + dt_write
+    t_w = n / steps["uid -> (hi, lo), grouped + saved per shard"]["rows_per_s"] + dt_write
     steps["uids + sort + write subset"] = {"rows_per_s": n / t_w, "raw": "uid", "raw_rows_per_s": raw["uid"],
                                            "ratio": (n / t_w) / raw["uid"]}
     del scores

@@ -459,7 +459,7 @@ def test_uid_pairs_and_sort_match_reference(tmp_path: Path, monkeypatch):
 
 
 def test_streamed_part_and_merge_files_equal_reference_save(tmp_path: Path, monkeypatch):
-    """write_sorted_part / merge_parts (the select pass's writes) give the bytes of
+    """write_part / merge_parts (the select pass's writes) give the bytes of
     np.save(make_subset(...)) for every kernel path, keep mask, chunking and thread split,
     including near-ties, equal high halves, duplicates, empty parts and unsorted parts."""
     from datacomp.filters import _uids
@@ -474,6 +474,7 @@ def test_streamed_part_and_merge_files_equal_reference_save(tmp_path: Path, monk
     a["f0"][3000:3100] = 7  # equal hi, lo in any order
     monkeypatch.setattr(_uids, "_CHUNK", 257)  # many chunks, with junctions to check
     monkeypatch.setattr(_uids, "_THREADED_MIN", 16)
+    monkeypatch.setattr(_uids, "_BUCKET_ROWS", 300)  # many value ranges
 
     def saved(arr):
         p = tmp_path / "ref.npy"
@@ -485,31 +486,49 @@ def test_streamed_part_and_merge_files_equal_reference_save(tmp_path: Path, monk
         chunks.insert(2, a[:0])  # an empty part
         keeps = [rng.random(len(c)) < 0.7 for c in chunks]
         keeps[0][:] = True
-        paths = []
+        paths, groups = [], []
         for i, (c, keep) in enumerate(zip(chunks, keeps)):
             paths.append(tmp_path / f"part{i}.npy")
             scratch = _uids._scratch("pairs", len(c), SUBSET_DTYPE)  # a reused buffer, as workers pass
             scratch[:] = c
-            assert _uids.write_sorted_part(scratch, keep, paths[-1], compiled) == int(keep.sum())
-            assert paths[-1].read_bytes() == saved(c[keep])
-            assert np.load(paths[-1]).dtype == SUBSET_DTYPE
+            count, ends = _uids.write_part(scratch, keep, paths[-1], compiled)
+            assert count == int(keep.sum()) and len(ends) == 256 and ends[-1] == count
+            groups.append(ends)
+            part = np.load(paths[-1])  # the kept rows, grouped by the top byte of hi, stably
+            kept = c[keep]
+            assert part.tobytes() == kept[np.argsort(kept["f0"] >> np.uint64(56), kind="stable")].tobytes()
         kept_all = np.concatenate([c[k] for c, k in zip(chunks, keeps)])
         for threads in (1, 2):
-            out = tmp_path / f"subset{threads}.npy"
-            assert _uids.merge_parts(paths, out, compiled, threads=threads) == len(kept_all)
-            assert out.read_bytes() == saved(kept_all)
-            assert not list(tmp_path.glob(".subset*"))  # no temporary left behind
-        # parts that are not sorted: a check fails while streaming and the whole array is sorted
-        bad = [tmp_path / "u0.npy", tmp_path / "u1.npy"]
+            for given in (groups, None):  # group ends from write_part, or counted by the merge
+                out = tmp_path / f"subset{threads}.npy"
+                assert _uids.merge_parts(paths, out, given, compiled, threads=threads) == len(kept_all)
+                assert out.read_bytes() == saved(kept_all)
+        # group ends that lie (a corrupt marker): the checks notice, the output is still right
+        liar = [list(reversed(g)) for g in groups]
+        assert _uids.merge_parts(paths, tmp_path / "l.npy", liar, compiled) == len(kept_all)
+        assert (tmp_path / "l.npy").read_bytes() == saved(kept_all)
+        assert not list(tmp_path.glob(".*.tmp*"))  # no temporary left behind
+        # sorted parts (also grouped by top byte) merge the same way
+        for i, (c, keep) in enumerate(zip(chunks, keeps)):
+            np.save(paths[i], make_subset(c[keep]))
+        assert _uids.merge_parts(paths, tmp_path / "s.npy", None, compiled) == len(kept_all)
+        assert (tmp_path / "s.npy").read_bytes() == saved(kept_all)
+        # parts in no order: a check fails while streaming and the whole array is sorted
+        bad = [tmp_path / "u0.npy", tmp_path / "u1.npy", tmp_path / "u2.npy"]
         np.save(bad[0], a[:3000])
-        np.save(bad[1], a[3000:])
+        np.save(bad[1], make_subset(a[3000:4500])[::-1])  # descending: binary search cuts go astray
+        np.save(bad[2], a[4500:])
         for threads in (1, 2):
-            assert _uids.merge_parts(bad, tmp_path / "u.npy", compiled, threads=threads) == n
+            assert _uids.merge_parts(bad, tmp_path / "u.npy", None, compiled, threads=threads) == n
             assert (tmp_path / "u.npy").read_bytes() == saved(a)
         # an empty subset and a single row
-        assert _uids.write_sorted_part(a[:5], np.zeros(5, dtype=bool), tmp_path / "e.npy", compiled) == 0
+        assert _uids.write_part(a[:5], np.zeros(5, dtype=bool), tmp_path / "e.npy", compiled)[0] == 0
         assert (tmp_path / "e.npy").read_bytes() == saved(a[:0])
-        assert _uids.merge_parts([tmp_path / "e.npy"], tmp_path / "e2.npy", compiled) == 0
+        assert _uids.merge_parts([tmp_path / "e.npy"], tmp_path / "e2.npy", None, compiled) == 0
         assert (tmp_path / "e2.npy").read_bytes() == saved(a[:0])
-        assert _uids.write_sorted_part(a[:1], None, tmp_path / "one.npy", compiled) == 1
+        assert _uids.write_part(a[:1], None, tmp_path / "one.npy", compiled)[0] == 1
         assert (tmp_path / "one.npy").read_bytes() == saved(a[:1])
+        # a truncated part is an error naming the file
+        (tmp_path / "t.npy").write_bytes((tmp_path / "one.npy").read_bytes()[:-3])
+        with pytest.raises(ValueError, match="t.npy: truncated"):
+            _uids.merge_parts([tmp_path / "t.npy"], tmp_path / "t2.npy", None, compiled)

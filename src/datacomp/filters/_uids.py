@@ -40,7 +40,7 @@ def _compile():
         from . import _uids_kernels as k
     except Exception:  # numba missing or incompatible with this NumPy
         return None
-    return k.hex_pairs, k.pack_keys, k.gather_check, k.pack_keys_segments, k.hex_words, k.pack_keys_masked
+    return k.hex_pairs, k.pack_keys, k.gather_check, k.pack_keys_segments, k.hex_words, k.bucket_rows
 
 
 _KERNELS: tuple | None = None
@@ -300,101 +300,132 @@ def _write_sorted_fully(fd: int, rows: np.ndarray) -> None:
     _write_all(fd, rows.view(np.uint8), len(npy_header(len(rows))))
 
 
-def write_sorted_part(pairs: np.ndarray, keep_rows: np.ndarray | None, path: str | os.PathLike,
-                      compiled: bool | None = None) -> int:
-    """Write ``pairs[keep_rows]`` sorted by (hi, lo) as a ``.npy`` file, atomically; returns the
-    row count. ``pairs`` may be a scratch buffer: only its rows are read."""
+def write_part(pairs: np.ndarray, keep_rows: np.ndarray | None, path: str | os.PathLike,
+               compiled: bool | None = None) -> tuple[int, list[int]]:
+    """Write ``pairs[keep_rows]`` as a select unit's part, atomically. Returns the row count and
+    where each top-byte group ends (256 row offsets), for :func:`merge_parts`.
+
+    A part is a ``.npy`` of ``u8,u8`` rows grouped by the top byte of hi in ascending order (a
+    stable counting sort: one pass to count, one to place). That is all the merge needs to cut
+    every part into value ranges, and it is cheaper than sorting here: the merge sorts each range
+    anyway (and NumPy sorts keys in no particular order faster than keys that are already runs).
+    ``pairs`` may be a scratch buffer: only its rows are read."""
     from ..formats.atomic import atomic_path
 
     n = len(pairs)
     k = _kernels() if _compiled(compiled) else None
-    src = _as_u64x2(np.ascontiguousarray(pairs, dtype=SUBSET_DTYPE))
+    pairs = np.ascontiguousarray(pairs, dtype=SUBSET_DTYPE)
     every = keep_rows is None or bool(keep_rows.all())
-    m = n if every else int(np.count_nonzero(keep_rows))
-    shift = int(max(n - 1, 1)).bit_length()
-    keys = _scratch("keys", m, np.uint64)
     if k is not None:
-        if every:
-            k[1](src, shift, keys)
-        else:
-            k[5](src, keep_rows, shift, keys)
+        keep = np.ones(n, dtype=bool) if every else np.ascontiguousarray(keep_rows, dtype=bool)
+        grouped = _scratch("part", n, SUBSET_DTYPE)
+        ends = np.empty(256, dtype=np.int64)
+        m = int(k[5](_as_u64x2(pairs), keep, _as_u64x2(grouped), ends))
+        grouped = grouped[:m]
     else:
-        rows = np.arange(n, dtype=np.uint64) if every else np.flatnonzero(keep_rows).astype(np.uint64)
-        np.bitwise_or(src[rows.astype(np.intp), 0] & ~np.uint64((1 << shift) - 1), rows, out=keys)
-    keys.sort()
+        kept = pairs if every else pairs[keep_rows]
+        top = (kept["f0"] >> np.uint64(56)).astype(np.uint8)
+        grouped = kept[np.argsort(top, kind="stable")]  # a radix sort for one-byte keys
+        ends = np.cumsum(np.bincount(top, minlength=256))
+        m = len(grouped)
     head = npy_header(m)
     with atomic_path(path, suffix=".npy") as tmp:
-        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        fd = os.open(tmp, os.O_WRONLY)  # no O_TRUNC: ext4 would then flush the data at close
         try:
             _write_all(fd, head)
-            if _stream_gather(k, src, keys, shift, fd, len(head)) is None:
-                _write_sorted_fully(fd, pairs if every else pairs[keep_rows])
+            _write_all(fd, grouped.view(np.uint8), len(head))
         finally:
             os.close(fd)
-    return m
+    return m, ends.tolist()
 
 
-_BUCKET_ROWS = 1 << 16  # rows per value range of the merge (its keys, and the rows it gathers, stay in cache)
+_BUCKET_ROWS = 1 << 16  # rows per value range of the merge (its keys and rows stay in cache)
 
 
-def merge_parts(paths: Sequence[str | os.PathLike], out: str | os.PathLike, compiled: bool | None = None,
-                threads: int = 2) -> int:
-    """Merge the sorted ``.npy`` parts into one subset file (sorted by (hi, lo), byte-identical to
-    ``np.save(make_subset(all parts))``), written atomically; returns the row count.
+def _map_part(path: str | os.PathLike) -> np.ndarray:
+    """A part's rows as an (n, 2) uint64 array mapped from the file (nothing read yet)."""
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+        except ValueError as e:
+            raise ValueError(f"{path}: not a .npy file: {e}") from None
+        offset = f.tell()
+    if dtype != SUBSET_DTYPE or len(shape) != 1 or fortran:
+        raise ValueError(f"{path}: not a 1-D 'u8,u8' array")
+    if os.path.getsize(path) < offset + 16 * shape[0]:
+        raise ValueError(f"{path}: truncated")
+    if not shape[0]:
+        return np.empty((0, 2), dtype=np.uint64)
+    return np.memmap(path, dtype=np.uint64, mode="r", offset=offset, shape=(shape[0], 2))
 
-    The rows are split into value ranges of ~64k rows (cut values from a sample of the high
-    halves, cut in every part by binary search); each range's keys are sorted and its rows
-    streamed into the range's own bytes of the file. With ``threads`` > 1 two threads take half of
-    the ranges each (NumPy's sort and take, the kernels and ``os.pwrite`` release the GIL). A part
-    that is not sorted makes a check fail, and then the whole array is sorted."""
+
+def merge_parts(paths: Sequence[str | os.PathLike], out: str | os.PathLike, groups: Sequence | None = None,
+                compiled: bool | None = None, threads: int = 2) -> int:
+    """Merge the parts (:func:`write_part`) into one subset file, sorted by (hi, lo) and
+    byte-identical to ``np.save(make_subset(all parts))``, written atomically; returns the row
+    count. ``groups``: each part's top-byte group ends as ``write_part`` returned them (None: count
+    them here; sorted parts are grouped too).
+
+    The parts are memory-mapped, not loaded: the output is made of value ranges of ~64k rows
+    (whole top-byte groups); each range's rows are copied from every part into a cache-sized
+    buffer, their keys sorted and the rows streamed into the range's own bytes of the file, so
+    memory stays flat in the subset size. With ``threads`` > 1 two threads take half of the
+    ranges each (copies, NumPy's sort and take, the kernels and ``os.pwrite`` release the GIL).
+    Every range is checked to be in order and to follow the one before; parts in any other
+    order fail a check, and then the whole subset is sorted in memory: the output is right for
+    any input."""
     from ..formats.atomic import atomic_path
 
-    arr, runs = load_parts(paths)
-    n = len(arr)
+    maps = [_map_part(p) for p in paths]
+    sizes = [len(m) for m in maps]
+    n = sum(sizes)
     k = _kernels() if _compiled(compiled) else None
-    src = _as_u64x2(arr)
-    hi = src[:, 0]
-    shift = int(max(n - 1, 1)).bit_length()
-    low_bits = ~np.uint64((1 << shift) - 1)
-    starts = np.asarray(runs[:-1], dtype=np.int64)
-    ends = np.asarray(runs[1:], dtype=np.int64)
-    nb = max(1, min(1024, n // _BUCKET_ROWS))
-    if nb > 1:
-        sample = np.sort(hi[:: max(1, n // (64 * nb))])
-        cut_values = np.unique(sample[(np.arange(1, nb) * len(sample)) // nb])
-        bounds = np.column_stack([starts, *[starts + np.array([np.searchsorted(hi[a:b], v) for a, b in zip(starts, ends)])
-                                            for v in cut_values], ends]) if len(starts) else np.zeros((0, 2), np.int64)
-    else:
-        bounds = np.column_stack([starts, ends])
+    by_byte = np.zeros((len(maps), 257), dtype=np.int64)
+    for i, m in enumerate(maps):
+        g = groups[i] if groups is not None else None
+        if g is None or len(g) != 256:
+            g = np.cumsum(np.bincount((m[:, 0] >> np.uint64(56)).astype(np.intp), minlength=256))
+        # consecutive segments that cover the part whatever ``g`` says: every row is written once
+        by_byte[i, 1:] = np.maximum.accumulate(np.clip(np.asarray(g, dtype=np.int64), 0, sizes[i]))
+        by_byte[i, -1] = sizes[i]
+    cum = by_byte[:, 1:].sum(axis=0)
+    cuts = np.flatnonzero(np.diff(cum // _BUCKET_ROWS)) + 1
+    bounds = by_byte[:, np.unique(np.concatenate([[0], cuts, [256]]))]
     nb = bounds.shape[1] - 1
-    sizes = (bounds[:, 1:] - bounds[:, :-1]).sum(axis=0) if len(bounds) else np.zeros(nb, np.int64)
+    counts = (bounds[:, 1:] - bounds[:, :-1]).sum(axis=0)
     head = npy_header(n)
-    offsets = len(head) + 16 * np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    split = int(np.searchsorted(np.cumsum(sizes), n // 2)) + 1 if threads > 1 and n >= _THREADED_MIN else nb
-    groups = [range(0, min(split, nb)), range(min(split, nb), nb)]
+    offsets = len(head) + 16 * np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    split = int(np.searchsorted(np.cumsum(counts), n // 2)) + 1 if threads > 1 and n >= _THREADED_MIN else nb
+    ranges = [range(0, min(split, nb)), range(min(split, nb), nb)]
     ends_written: list = [None] * nb
 
     def one(t: int) -> None:
-        for b in groups[t]:
-            a, e = bounds[:, b], bounds[:, b + 1]
-            keys = _scratch("merge_keys", int(sizes[b]), np.uint64)
+        for b in ranges[t]:
+            m = int(counts[b])
+            rows = _scratch("merge_rows", m, SUBSET_DTYPE)
+            src = _as_u64x2(rows)
+            j = 0
+            for i, (s0, e0) in enumerate(zip(bounds[:, b].tolist(), bounds[:, b + 1].tolist())):
+                src[j:j + e0 - s0] = maps[i][s0:e0]
+                j += e0 - s0
+            shift = int(max(m - 1, 1)).bit_length()
+            keys = _scratch("merge_keys", m, np.uint64)
             if k is not None:
-                k[3](src, a, e, shift, keys)
+                k[1](src, shift, keys)
             else:
-                j = 0
-                for s0, e0 in zip(a.tolist(), e.tolist()):
-                    np.bitwise_or(hi[s0:e0] & low_bits, np.arange(s0, e0, dtype=np.uint64), out=keys[j:j + e0 - s0])
-                    j += e0 - s0
+                np.bitwise_or(src[:, 0] & ~np.uint64((1 << shift) - 1), np.arange(m, dtype=np.uint64), out=keys)
             keys.sort()
             ends_written[b] = _stream_gather(k, src, keys, shift, fd, int(offsets[b]))
             if ends_written[b] is None:
                 return
 
     with atomic_path(out, suffix=".npy") as tmp:
-        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        fd = os.open(tmp, os.O_WRONLY)  # no O_TRUNC: ext4 would then flush the data at close
         try:
             _write_all(fd, head)
-            if not len(groups[1]):
+            if not len(ranges[1]):
                 one(0)
             else:
                 th = threading.Thread(target=one, args=(1,))
@@ -404,7 +435,7 @@ def merge_parts(paths: Sequence[str | os.PathLike], out: str | os.PathLike, comp
                 finally:
                     th.join()
             # each range in order (checked while streaming) and each range's first row not below the
-            # last row before it: the file is in order (parts that were not sorted break this)
+            # last row before it: the file is in order (parts in another order break this)
             good = all(e is not None for e in ends_written)
             last = None
             for e in ends_written if good else ():
@@ -412,7 +443,8 @@ def merge_parts(paths: Sequence[str | os.PathLike], out: str | os.PathLike, comp
                     good = good and (last is None or e[:2] >= last)
                     last = e[2:]
             if not good:
-                _write_sorted_fully(fd, arr)
+                everything = np.concatenate([np.asarray(m) for m in maps]) if maps else np.empty((0, 2), np.uint64)
+                _write_sorted_fully(fd, np.ascontiguousarray(everything).view(SUBSET_DTYPE).reshape(-1))
         finally:
             os.close(fd)
     return n

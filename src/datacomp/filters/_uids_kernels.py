@@ -120,13 +120,23 @@ def gather_check(pairs, keys, shift, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def pack_keys_masked(pairs, keep, shift, keys):  # pragma: no cover - compiled
-    """pack_keys over the rows where ``keep`` is true (row index = the row in ``pairs``);
-    returns how many keys were written."""
-    m = ~((u64(1) << u64(shift)) - u64(1))
-    j = 0
+def bucket_rows(pairs, keep, out, ends):  # pragma: no cover - compiled
+    """Counting sort of the kept rows by the top byte of hi, stable: ``out`` gets the kept rows
+    grouped by top byte in ascending order (row order kept within a group), ``ends[b]`` the end
+    of group b (256 values); returns the count."""
+    starts = np.zeros(257, dtype=np.int64)
     for i in range(len(keep)):
         if keep[i]:
-            keys[j] = (pairs[i, 0] & m) | u64(i)
-            j += 1
-    return j
+            starts[np.int64(pairs[i, 0] >> u64(56)) + 1] += 1
+    for b in range(256):
+        starts[b + 1] += starts[b]
+    for i in range(len(keep)):
+        if keep[i]:
+            b = np.int64(pairs[i, 0] >> u64(56))
+            j = starts[b]
+            starts[b] = j + 1
+            out[j, 0] = pairs[i, 0]
+            out[j, 1] = pairs[i, 1]
+    for b in range(256):
+        ends[b] = starts[b]
+    return starts[255]

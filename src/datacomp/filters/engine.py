@@ -6,10 +6,10 @@ resumes where it stopped):
 1. for each global step, in order: a map pass over every parquet (computing — or loading from the
    score cache — the columns it needs) and a reduce in this process; the values are saved in the
    work directory and recorded in the sidecar;
-2. a select pass: every parquet's score columns, the keep rules, and the kept uids, sorted in
-   the worker, as a small ``.npy`` part plus per-rule counts;
-3. the sorted parts are read into one array, merged by value range in two threads that stream
-   their rows into the subset file (``_uids.merge_parts``; written atomically), then the sidecar.
+2. a select pass: every parquet's score columns, the keep rules, and the kept uids, grouped by
+   their top byte in the worker, as a small ``.npy`` part plus per-rule counts;
+3. the parts are read into one array, cut into value ranges that two threads sort and stream
+   into the subset file (``_uids.merge_parts``; written atomically), then the sidecar.
 
 Only one score column of the whole pool is ever held in memory (by a quantile's reduce).
 """
@@ -35,7 +35,7 @@ from ..executors import Unit, run_units
 from ..formats.atomic import atomic_path, write_json
 from ..formats.manifest import manifest_digest
 from ..formats.pool import list_parquets, npz_path, one_array, parquet_num_rows, read_metadata
-from ._uids import merge_parts, uid_pairs, write_sorted_part
+from ._uids import merge_parts, uid_pairs, write_part
 from .recipe import Recipe, Rule, load_recipe
 from .registry import GlobalOp, OpEnv, OpParamError, ShardContext, ShardOp
 
@@ -320,22 +320,24 @@ def select_unit(parquet: str, recipe: Recipe, env: OpEnv, cache_dir: str | None,
         keep_rows |= alive
         group_fail.append(int(n - alive.sum()))
         all_fail.append(int(n - keep_rows.sum()))
-    kept = kept_part(pairs, keep_rows, part)
-    return {"rows": n, "kept": kept, "marginal": marginal, "sequential": sequential,
+    kept, groups = kept_part(pairs, keep_rows, part)
+    return {"rows": n, "kept": kept, "groups": groups, "marginal": marginal, "sequential": sequential,
             "group_removed": group_fail, "group_cumulative": all_fail, "cache": store.stats}
 
 
-def kept_part(pairs: np.ndarray, keep_rows: np.ndarray | None, part: str | os.PathLike) -> int:
-    """A select unit's output: its kept uid pairs, sorted here (in the worker, in parallel) and
-    streamed into the part file (``_uids.write_sorted_part``); returns how many were kept."""
-    return write_sorted_part(pairs, keep_rows, part)
+def kept_part(pairs: np.ndarray, keep_rows: np.ndarray | None, part: str | os.PathLike) -> tuple[int, list[int]]:
+    """A select unit's output: its kept uid pairs, grouped by top byte here (in the worker, in
+    parallel) and written as the part file (``_uids.write_part``); returns how many were kept and
+    where the part's top-byte groups end."""
+    return write_part(pairs, keep_rows, part)
 
 
-def write_subset_from_parts(parts: list[str | os.PathLike], out: str | os.PathLike) -> int:
-    """The driver's share of writing the subset: read the workers' sorted parts into one array,
-    merge them by (hi, lo) in two threads, each streaming its value range into the subset file
-    (written atomically; every row checked to be in order while written). Returns the row count."""
-    return merge_parts(parts, out, threads=2)
+def write_subset_from_parts(parts: list[str | os.PathLike], out: str | os.PathLike,
+                            groups: list[list[int] | None] | None = None) -> int:
+    """The driver's share of writing the subset: the parts, memory-mapped, cut into value ranges
+    that two threads sort and stream into the subset file (written atomically; every row checked
+    to be in order while written). Returns the row count."""
+    return merge_parts(parts, out, groups=groups, threads=2)
 
 
 # ---- the stage -----------------------------------------------------------------------------------
@@ -486,7 +488,8 @@ def run_filter(
 
     # 3. subset + sidecar ------------------------------------------------------------------------
     t0 = time.time()
-    kept = write_subset_from_parts([sdir / f"{p.stem}.npy" for p in parquets], out)
+    kept = write_subset_from_parts([sdir / f"{p.stem}.npy" for p in parquets], out,
+                                   groups=[results[p.stem].get("groups") for p in parquets])
     timings["write"] = round(time.time() - t0, 3)
 
     rows = sum(r["rows"] for r in results.values())
