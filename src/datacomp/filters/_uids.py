@@ -447,4 +447,5 @@ def merge_parts(paths: Sequence[str | os.PathLike], out: str | os.PathLike, grou
                 _write_sorted_fully(fd, np.ascontiguousarray(everything).view(SUBSET_DTYPE).reshape(-1))
         finally:
             os.close(fd)
+            _LOCAL.__dict__.pop("bufs", None)  # the run is over: do not keep its buffers alive
     return n
