@@ -419,7 +419,7 @@ def test_word_char_kernel_long_rows_and_slices():
             assert fasttext_token_count(arr.slice(start), compiled).tolist() == [ft_tokens(t) for t in texts[start:]]
 
 
-def test_uid_pairs_and_sort_match_reference(tmp_path: Path, monkeypatch):
+def test_uid_pairs_match_reference():
     from datacomp.filters import _uids
     from datacomp.formats.uids import pairs_to_uids
 
@@ -428,34 +428,17 @@ def test_uid_pairs_and_sort_match_reference(tmp_path: Path, monkeypatch):
     a = np.empty(n, dtype=SUBSET_DTYPE)
     a["f0"] = rng.integers(0, 2**64, n, dtype=np.uint64)
     a["f1"] = rng.integers(0, 2**64, n, dtype=np.uint64)
-    a["f0"][:1000] = a["f0"][1000:2000] ^ rng.integers(0, 4, 1000, dtype=np.uint64)  # near-ties in hi
-    a[2000:2010] = a[2010:2020]  # duplicates
-    a["f0"][3000:3100] = 7  # equal hi, lo in any order
     uids = pairs_to_uids(a)
-    monkeypatch.setattr(_uids, "_THREADED_MIN", 16)
     for compiled in (True, False):
         assert _uids.uid_pairs(pa.array(uids), compiled).tobytes() == uids_to_pairs(uids).tobytes()
+        # upper case, and a slice whose rows do not start on an 8-byte boundary
         assert _uids.uid_pairs(pa.array([u.upper() for u in uids]).slice(3), compiled).tobytes() == uids_to_pairs(uids[3:]).tobytes()
-        for bad in (["0" * 31 + "g"], ["0" * 31], ["0" * 30 + " 1"], [uids[0], "0" * 33]):
+        assert _uids.uid_pairs(pa.chunked_array([uids[:7], uids[7:]]), compiled).tobytes() == uids_to_pairs(uids).tobytes()
+        scratch = _uids.uid_pairs(pa.array(uids[:10]), compiled, scratch=True)
+        assert scratch.tobytes() == uids_to_pairs(uids[:10]).tobytes()
+        for bad in (["0" * 31 + "g"], ["0" * 31], ["0" * 30 + " 1"], [uids[0], "0" * 33], ["0" * 31, "0" * 33]):
             with pytest.raises(ValueError):
                 _uids.uid_pairs(pa.array(bad), compiled)
-        chunks = np.array_split(a, 7)
-        sorted_parts = [_uids.sort_pairs(c, compiled) for c in chunks]
-        for c, s in zip(chunks, sorted_parts):
-            assert s.tobytes() == make_subset(c).tobytes()
-        paths = []
-        for i, s in enumerate(sorted_parts):
-            paths.append(tmp_path / f"{i}.npy")
-            np.save(paths[-1], s)
-        arr, runs = _uids.load_parts(paths)
-        assert runs == [0, *np.cumsum([len(c) for c in chunks]).tolist()]
-        for threads in (1, 2):
-            assert _uids.sort_pairs(arr, compiled, runs=runs, threads=threads).tobytes() == make_subset(a).tobytes()
-        # runs that are not sorted: the threaded merge notices and sorts fully
-        unsorted_runs = [0, 100, n]
-        assert _uids.sort_pairs(a, compiled, runs=unsorted_runs, threads=2).tobytes() == make_subset(a).tobytes()
-        for m in (0, 1, 2):
-            assert _uids.sort_pairs(a[:m], compiled).tobytes() == make_subset(a[:m]).tobytes()
 
 
 def test_streamed_part_and_merge_files_equal_reference_save(tmp_path: Path, monkeypatch):

@@ -3,13 +3,13 @@
 - :func:`uid_pairs`: an Arrow column of 32-hex uids -> ``u8,u8`` pairs, decoded straight from the
   column's value buffer (one compiled pass, 8 digits at a time when the rows are 8-byte aligned;
   no intermediate ``bytes``/``str`` copies).
-- :func:`sort_pairs`: sort by (hi, lo) exactly as the reference's structured-array sort does. The
-  high halves, with their low bits replaced by the row index, are sorted as plain ``uint64``
-  (NumPy's SIMD sort), the rows gathered in that order, and the result checked to be in (hi, lo)
-  order; only if two uids share the kept high bits *and* came out of order (vanishingly rare for
-  hashes) is there a full ``lexsort``. Equal pairs are equal bytes, so the output is byte-identical
-  to the reference's sort.
-- :func:`load_parts`: the per-shard ``.npy`` parts read straight into one array.
+- :func:`write_part`: a select unit's kept pairs, grouped by the top byte of hi, as a ``.npy`` part.
+- :func:`merge_parts`: the parts into the subset file, sorted by (hi, lo) exactly as the
+  reference's structured-array sort does: per value range, the high halves with their low bits
+  replaced by the row index are sorted as plain ``uint64`` (NumPy's SIMD sort), the rows
+  gathered in that order and streamed to the file; only if two uids share the kept high bits
+  *and* came out of order (vanishingly rare for hashes) is there a full ``lexsort``. Equal pairs
+  are equal bytes, so the output is byte-identical to the reference's sort.
 
 Every compiled kernel has a NumPy fallback (same results), used where numba is not importable
 and, by default, in processes that have not loaded numba yet (see ``_compiled``).
@@ -40,7 +40,7 @@ def _compile():
         from . import _uids_kernels as k
     except Exception:  # numba missing or incompatible with this NumPy
         return None
-    return k.hex_pairs, k.pack_keys, k.gather_check, k.pack_keys_segments, k.hex_words, k.bucket_rows
+    return k
 
 
 _KERNELS: tuple | None = None
@@ -87,9 +87,9 @@ def uid_pairs(uids: pa.Array, compiled: bool | None = None, scratch: bool = Fals
                 data = np.frombuffer(bufs[2], dtype=np.uint8)
                 start = int(off[0])
                 if (data.ctypes.data + start) % 8 == 0 and sys.byteorder == "little":  # 8 digits at a time
-                    if k[4](data[start:start + 32 * n].view(np.uint64), off, out.view(np.uint32)):
+                    if k.hex_words(data[start:start + 32 * n].view(np.uint64), off, out.view(np.uint32)):
                         return out
-                elif k[0](data, off, _HEX, _as_u64x2(out)) == -1:
+                elif k.hex_pairs(data, off, _HEX, _as_u64x2(out)) == -1:
                     return out
             elif (np.diff(off) == 32).all():
                 try:
@@ -101,116 +101,7 @@ def uid_pairs(uids: pa.Array, compiled: bool | None = None, scratch: bool = Fals
     return uids_to_pairs(uids.to_numpy(zero_copy_only=False))
 
 
-def sort_pairs(parts: Sequence[np.ndarray] | np.ndarray, compiled: bool | None = None,
-               runs: Sequence[int] | None = None, threads: int = 1) -> np.ndarray:
-    """Concatenate uid-pair arrays and sort them by (hi, lo): the reference's order and bytes.
-
-    ``runs`` (one array only): the row offsets where its sorted runs start and end (e.g. the
-    workers' sorted parts, as :func:`load_parts` gives them); with ``threads`` > 1 the rows are
-    then split by value (a sampled median of the high halves, cut in every run by binary
-    search) and the ranges sorted in parallel threads (the kernels and NumPy's sort release the
-    GIL), each into its own slice of the output.
-    """
-    if isinstance(parts, np.ndarray):
-        parts = [parts]
-    arr = (np.concatenate([np.asarray(p, dtype=SUBSET_DTYPE) for p in parts]) if len(parts) != 1
-           else np.ascontiguousarray(parts[0], dtype=SUBSET_DTYPE))
-    n = len(arr)
-    if n < 2:
-        return arr.copy() if len(parts) == 1 else arr
-    k = _kernels() if _compiled(compiled) else None
-    shift = int(n - 1).bit_length()  # bits that hold a row index
-    src = _as_u64x2(arr)
-    if k is not None and runs is not None and threads > 1 and n >= _THREADED_MIN and len(parts) == 1:
-        out = _sort_threaded(k, arr, src, shift, list(runs))
-        if out is not None:
-            return out
-    elif k is not None:
-        keys = np.empty(n, dtype=np.uint64)
-        k[1](src, shift, keys)
-        keys.sort()
-        out = np.empty(n, dtype=SUBSET_DTYPE)
-        if k[2](src, keys, shift, _as_u64x2(out)):
-            return out
-    else:
-        mask = np.uint64((1 << shift) - 1)
-        keys = (src[:, 0] & ~mask) | np.arange(n, dtype=np.uint64)
-        keys.sort()
-        out = arr[(keys & mask).astype(np.intp)]
-        hi, lo = out["f0"], out["f1"]
-        if bool(np.all((hi[1:] > hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] >= lo[:-1])))):
-            return out
-    return arr[np.lexsort((arr["f1"], arr["f0"]))]
-
-
-_THREADED_MIN = 1 << 17
-
-
-def _sort_threaded(k, arr: np.ndarray, src: np.ndarray, shift: int, runs: list[int]) -> np.ndarray | None:
-    """Two value ranges sorted in two threads (see sort_pairs); None when a check fails."""
-    import threading
-
-    n = len(arr)
-    hi = src[:, 0]
-    sample = np.sort(hi[:: max(1, n // 4096)])
-    cut_value = sample[len(sample) // 2]
-    starts = np.asarray(runs[:-1], dtype=np.int64)
-    ends = np.asarray(runs[1:], dtype=np.int64)
-    cuts = np.array([a + np.searchsorted(hi[a:b], cut_value) for a, b in zip(starts, ends)], dtype=np.int64)
-    low_n = int((cuts - starts).sum())
-    out = np.empty(n, dtype=SUBSET_DTYPE)
-    dst = _as_u64x2(out)
-    ok = [False, False]
-
-    def half(t: int) -> None:
-        a, b = (starts, cuts) if t == 0 else (cuts, ends)
-        lo, hi_ = (0, low_n) if t == 0 else (low_n, n)
-        keys = np.empty(hi_ - lo, dtype=np.uint64)
-        k[3](src, a, b, shift, keys)
-        keys.sort()
-        ok[t] = bool(k[2](src, keys, shift, dst[lo:hi_]))
-
-    th = threading.Thread(target=half, args=(1,))
-    th.start()
-    half(0)
-    th.join()
-    # each half in order, and the halves split by value (a part that was not sorted breaks this)
-    if ok[0] and ok[1] and (low_n in (0, n) or (dst[low_n - 1, 0] < cut_value <= dst[low_n, 0])):
-        return out
-    return None
-
-
-def load_parts(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, list[int]]:
-    """The parts concatenated (each file read straight into its slice of the one array) and the
-    row offsets where each part starts and the last ends."""
-    heads = []
-    total = 0
-    for p in paths:
-        f = open(p, "rb")
-        try:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read(f)
-        except Exception:
-            f.close()
-            raise
-        if dtype != SUBSET_DTYPE or len(shape) != 1 or fortran:
-            f.close()
-            raise ValueError(f"{p}: not a 1-D 'u8,u8' array")
-        heads.append((f, shape[0]))
-        total += shape[0]
-    out = np.empty(total, dtype=SUBSET_DTYPE)
-    view = memoryview(out.view(np.uint8))
-    pos = 0
-    runs = [0]
-    for f, count in heads:
-        with f:
-            nbytes = count * SUBSET_DTYPE.itemsize
-            if nbytes and f.readinto(view[pos:pos + nbytes]) != nbytes:
-                raise ValueError(f"{f.name}: truncated")
-        pos += nbytes
-        runs.append(pos // SUBSET_DTYPE.itemsize)
-    return out, runs
+_THREADED_MIN = 1 << 17  # rows from which merge_parts uses its second thread
 
 
 # ---- sorted writes, streamed ---------------------------------------------------------------------
@@ -275,7 +166,7 @@ def _stream_gather(k, src: np.ndarray, keys: np.ndarray, shift: int, fd: int, of
     for c in range(0, len(keys), _CHUNK):
         m = min(_CHUNK, len(keys) - c)
         if k is not None:
-            k[2](src, keys[c:c + m], shift, out[:m])  # (its own order check is the one above)
+            k.gather_check(src, keys[c:c + m], shift, out[:m])  # (its own order check is the one above)
         else:
             np.bitwise_and(keys[c:c + m], mask, out=idx[:m].view(np.uint64), casting="unsafe")
             np.take(src, idx[:m], axis=0, out=out[:m])
@@ -320,7 +211,7 @@ def write_part(pairs: np.ndarray, keep_rows: np.ndarray | None, path: str | os.P
         keep = np.ones(n, dtype=bool) if every else np.ascontiguousarray(keep_rows, dtype=bool)
         grouped = _scratch("part", n, SUBSET_DTYPE)
         ends = np.empty(256, dtype=np.int64)
-        m = int(k[5](_as_u64x2(pairs), keep, _as_u64x2(grouped), ends))
+        m = int(k.bucket_rows(_as_u64x2(pairs), keep, _as_u64x2(grouped), ends))
         grouped = grouped[:m]
     else:
         kept = pairs if every else pairs[keep_rows]
@@ -413,7 +304,7 @@ def merge_parts(paths: Sequence[str | os.PathLike], out: str | os.PathLike, grou
             shift = int(max(m - 1, 1)).bit_length()
             keys = _scratch("merge_keys", m, np.uint64)
             if k is not None:
-                k[1](src, shift, keys)
+                k.pack_keys(src, shift, keys)
             else:
                 np.bitwise_or(src[:, 0] & ~np.uint64((1 << shift) - 1), np.arange(m, dtype=np.uint64), out=keys)
             keys.sort()

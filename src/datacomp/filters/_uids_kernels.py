@@ -89,17 +89,6 @@ def pack_keys(pairs, shift, keys):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def pack_keys_segments(pairs, starts, ends, shift, keys):  # pragma: no cover - compiled
-    """pack_keys over the rows of the segments [starts[s], ends[s]) (row index kept global)."""
-    m = ~((u64(1) << u64(shift)) - u64(1))
-    j = 0
-    for s in range(len(starts)):
-        for i in range(starts[s], ends[s]):
-            keys[j] = (pairs[i, 0] & m) | u64(i)
-            j += 1
-
-
-@njit(cache=True, nogil=True)
 def gather_check(pairs, keys, shift, out):  # pragma: no cover - compiled
     """out[j] = pairs[index in keys[j]]; True when out is in (hi, lo) order."""
     m = (u64(1) << u64(shift)) - u64(1)

@@ -42,10 +42,11 @@ def uids_to_pairs(uids: Sequence[str] | np.ndarray) -> np.ndarray:
     out = np.empty(n, dtype=SUBSET_DTYPE)
     if n == 0:
         return out
-    joined = "".join(arr.tolist())
-    if len(joined) != 32 * n:
-        bad = next(u for u in arr.tolist() if not isinstance(u, str) or len(u) != 32)
+    items = arr.tolist()
+    bad = next((u for u in items if not isinstance(u, str) or len(u) != 32), None)
+    if bad is not None:  # (a total length check alone would pass a 31- next to a 33-character uid)
         raise ValueError(f"uid {bad!r} is not 32 hex characters")
+    joined = "".join(items)
     try:
         raw = bytes.fromhex(joined)
     except ValueError as e:
