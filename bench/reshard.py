@@ -1,6 +1,7 @@
 """Reshard throughput against a raw read+write copy of the same bytes, in the same run.
 
     .venv/bin/python bench/reshard.py [--shards 6] [--per-shard 1000] [--workers 2] [--keep 1.0] [--repeats 5]
+                                      [--kernels loaded|auto]
 
 Generates img2dataset-layout shards of realistic 512-px JPEGs (smooth colour fields + texture +
 noise, quality 90; ~40-70 kB each), then times, on the same files:
@@ -11,6 +12,11 @@ noise, quality 90; ~40-70 kB each), then times, on the same files:
 * ``reshard``: ``datacomp.reshard.reshard`` with a subset of ``--keep`` of the uids (1.0: every
   sample, so it writes as many bytes as the copy), ``workers=workers``, local executor (which
   runs its units in ``workers`` threads at this size).
+
+``--kernels loaded`` (default) loads the resharder's compiled kernels before timing, so every
+repeat runs as a reshard of ``resharder.KERNEL_MIN`` samples or more does (the per-process load
+is reported apart, as ``kernel_load_s``); ``--kernels auto`` leaves the choice to the library,
+which runs a pool this small in Python unless numba is loaded already.
 
 Data lives on tmpfs (``/dev/shm``) unless ``--dir`` says otherwise; inputs are hot for every
 measurement, outputs go to the same file system and are deleted right after each timing. The
@@ -25,6 +31,7 @@ import io
 import json
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -38,6 +45,7 @@ from PIL import Image
 from datacomp.formats.shards import ShardWriter
 from datacomp.formats.uids import make_subset, uids_to_pairs, write_subset
 from datacomp.reshard import reshard
+from datacomp.reshard.resharder import load_kernels
 
 
 def realistic_jpegs(n: int, seed: int = 0) -> list[bytes]:
@@ -91,12 +99,18 @@ def _copy_sendfile(src: str, dst: str) -> int:
     return os.path.getsize(dst)
 
 
-def timed_copy(fn, tars: list[Path], out: Path, workers: int) -> float:
+def _cpu(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def timed_copy(fn, tars: list[Path], out: Path, workers: int) -> tuple[float, float]:
+    """(wall, CPU) seconds; the CPU is the worker processes' (reaped when the pool shuts down)."""
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    c0, t0 = _cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
     with ProcessPoolExecutor(workers) as ex:
         list(ex.map(fn, [str(t) for t in tars], [str(out / t.name) for t in tars]))
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _cpu(resource.RUSAGE_CHILDREN) - c0
 
 
 def main() -> None:
@@ -108,6 +122,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--executor", default="local", help="reshard executor (local: threads for pools this size)")
     ap.add_argument("--dir", default=None, help="parent directory for the data (default: /dev/shm if writable)")
+    ap.add_argument("--kernels", choices=("loaded", "auto"), default="loaded",
+                    help="loaded: the compiled kernels loaded before timing; auto: the library's size rule")
     args = ap.parse_args()
     # tmpfs by default: both the copy and the reshard then measure CPU and memory traffic, not the
     # shared disk's writeback (which varied 6x between runs on the benchmark machine)
@@ -122,20 +138,27 @@ def main() -> None:
         write_subset(root / "subset.npy", make_subset(uids_to_pairs(chosen)))
         for t in tars:  # warm the page cache for everyone
             t.read_bytes()
+        t0 = time.process_time()
+        kernels = args.kernels == "loaded" and load_kernels()
+        kernel_load = time.process_time() - t0
         res: dict[str, list[float]] = {"copy": [], "copy_sendfile": [], "reshard": []}
+        cpu: dict[str, list[float]] = {"copy": [], "reshard": []}  # CPU seconds (user + system)
         phases = []
 
         def run_copy(r: int) -> None:
-            res["copy"].append(timed_copy(_copy_chunks, tars, root / f"copy{r}", args.workers))
+            wall, cpu_s = timed_copy(_copy_chunks, tars, root / f"copy{r}", args.workers)
+            res["copy"].append(wall)
+            cpu["copy"].append(cpu_s)
             shutil.rmtree(root / f"copy{r}")  # each side's outputs are gone before the next timing
-            res["copy_sendfile"].append(timed_copy(_copy_sendfile, tars, root / f"sf{r}", args.workers))
+            res["copy_sendfile"].append(timed_copy(_copy_sendfile, tars, root / f"sf{r}", args.workers)[0])
             shutil.rmtree(root / f"sf{r}")
 
         def run_reshard(r: int) -> None:
-            t0 = time.perf_counter()
+            c0, t0 = _cpu(resource.RUSAGE_SELF), time.perf_counter()
             m = reshard(root / "pool", root / "subset.npy", root / f"out{r}", shard_size=1000,
                         workers=args.workers, executor=args.executor)
             res["reshard"].append(time.perf_counter() - t0)
+            cpu["reshard"].append(_cpu(resource.RUSAGE_SELF) - c0)
             phases.append(m.timings)
             shutil.rmtree(root / f"out{r}")
             last[0] = m
@@ -156,8 +179,12 @@ def main() -> None:
             "reshard_mb_per_s": round(total_bytes / 2**20 / best["reshard"]),
             "ratio": round(best["copy"] / best["reshard"], 3),
             "ratio_vs_sendfile": round(best["copy_sendfile"] / best["reshard"], 3),
+            # CPU, less sensitive to other load than wall time: best copy CPU / best reshard CPU
+            "cpu_ratio": round(min(cpu["copy"]) / min(cpu["reshard"]), 3),
+            "cpu_seconds": {k: [round(x, 3) for x in v] for k, v in cpu.items()},
             "reshard_phases": phases[int(np.argmin(res["reshard"]))], "data_dir": str(root.parent),
             "executor": args.executor, "load_avg_1min": round(os.getloadavg()[0], 2),
+            "kernels_loaded": kernels, "kernel_load_s": round(kernel_load, 3) if kernels else None,
             "output_count": m.counts["output_count"], "seconds": {k: [round(x, 3) for x in v] for k, v in res.items()},
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
         }))

@@ -13,6 +13,11 @@ thread then copies it from the input file in the kernel (``os.copy_file_range``;
 user-space buffer), falling back to ``pread`` + ``write`` where the file systems do not support
 it. Headers and padding still come from memory, so the bytes are the same either way.
 
+:class:`LayoutWriter` writes the same bytes from batches laid out elsewhere (the resharder's
+compiled ``_tar_kernels.lay_out``: headers, small members and padding in one buffer, plus the
+input ranges to copy), with one ``copy_file_range`` per run of samples and one compiled
+``pwrite`` loop per batch, so no Python runs per member.
+
 The file is written under a temporary name and renamed into place on success (atomic).
 """
 from __future__ import annotations
@@ -66,13 +71,14 @@ _NO_CFR = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBAD
 _cfr_ok = hasattr(os, "copy_file_range")  # cleared (per process) the first time the kernel refuses
 
 
-def _copy_range(r: Range, out_fd: int) -> None:
-    """Append ``r``'s bytes at ``out_fd``'s position: in-kernel copy, else pread + write."""
+def _copy_range(r: Range, out_fd: int, out_off: int | None = None) -> None:
+    """Write ``r``'s bytes to ``out_fd`` at ``out_off`` (None: at its position, which advances):
+    in-kernel copy, else pread + write."""
     global _cfr_ok
     off, left = r.offset, r.size
     while left > 0 and _cfr_ok:
         try:
-            n = os.copy_file_range(r.fd, out_fd, left, off)
+            n = os.copy_file_range(r.fd, out_fd, left, off, out_off)
         except OSError as e:
             if e.errno not in _NO_CFR:
                 raise
@@ -82,11 +88,16 @@ def _copy_range(r: Range, out_fd: int) -> None:
             raise ShortInput(errno.EIO, f"input ended at byte {off} (expected {left} more bytes)")
         off += n
         left -= n
+        out_off = None if out_off is None else out_off + n
     while left > 0:
         buf = os.pread(r.fd, min(left, 1 << 20), off)
         if not buf:
             raise ShortInput(errno.EIO, f"input ended at byte {off} (expected {left} more bytes)")
-        _writev_all(out_fd, [buf])
+        if out_off is None:
+            _writev_all(out_fd, [buf])
+        else:
+            _pwrite_all(out_fd, buf, out_off)
+            out_off += len(buf)
         off += len(buf)
         left -= len(buf)
 
@@ -144,7 +155,7 @@ class FastTarWriter:
     def __enter__(self) -> "FastTarWriter":
         self._ctx = atomic_path(self.path, suffix=".tar")
         self._tmp = self._ctx.__enter__()
-        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_TRUNC | os.O_CREAT, 0o644)
+        self._fd = os.open(self._tmp, os.O_WRONLY)  # made empty by atomic_path; O_TRUNC would make ext4 start writeback at close
         return self
 
     def add(self, key: str, members: Iterable[tuple[str, "bytes | memoryview | Range"]]) -> None:
@@ -219,6 +230,55 @@ class FastTarWriter:
                     self._parts.append(_ZEROS[: RECORD - rem])
                 self._flush()
             self._join()
+        except BaseException as e:
+            os.close(self._fd)
+            self._ctx.__exit__(type(e), e, e.__traceback__)
+            raise
+        os.close(self._fd)
+        self._ctx.__exit__(exc_type, exc, tb)
+
+
+# the header template and its byte sum (checksum field as spaces), for compiled layouts
+TEMPLATE = bytes(_TEMPLATE)
+TEMPLATE_SUM = _TEMPLATE_SUM
+
+
+class LayoutWriter:
+    """Context manager: a tar written from batches laid out elsewhere (the resharder's compiled
+    ``_tar_kernels.lay_out``), same bytes as :class:`FastTarWriter`; atomic on exit.
+
+    ``put(src_fd, mem, writes, copies, end)``: the batch's input ranges ``copies`` (input offset,
+    length, output offset) are copied in the kernel first, then its memory pieces ``writes``
+    (start in ``mem``, length, output offset) written over and between them with
+    ``pwrite_all(fd, mem, writes)`` (one call for the batch; it returns the index of a piece
+    that failed, or -1); ``end`` is the output size so far. End-of-archive blocks and record
+    padding on exit.
+    """
+
+    def __init__(self, path: str | os.PathLike, pwrite_all):
+        self.path = Path(path)
+        self.size = 0
+        self._pwrite_all = pwrite_all
+
+    def __enter__(self) -> "LayoutWriter":
+        self._ctx = atomic_path(self.path, suffix=".tar")
+        self._tmp = self._ctx.__enter__()
+        self._fd = os.open(self._tmp, os.O_WRONLY)  # made empty by atomic_path; O_TRUNC would make ext4 start writeback at close
+        return self
+
+    def put(self, src_fd: int, mem, writes, copies, end: int) -> None:
+        for offset, size, out_off in copies.tolist():
+            _copy_range(Range(src_fd, offset, size), self._fd, out_off)
+        failed = self._pwrite_all(self._fd, mem, writes)
+        if failed >= 0:  # the compiled call sees no errno: write the rest here, raising the OSError
+            for start, size, out_off in writes[failed:].tolist():
+                _pwrite_all(self._fd, memoryview(mem)[start : start + size], out_off)
+        self.size = end
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                _pwrite_all(self._fd, bytes(2 * BLOCK + -(self.size + 2 * BLOCK) % RECORD), self.size)
         except BaseException as e:
             os.close(self._fd)
             self._ctx.__exit__(type(e), e, e.__traceback__)
