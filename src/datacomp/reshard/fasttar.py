@@ -139,7 +139,35 @@ def _member_order(m: tuple) -> tuple[int, str]:
     return (_EXT_RANK.get(ext, 3), ext)
 
 
-class FastTarWriter:
+class _AtomicTar:
+    """A tar written under a temporary name in ``self.path``'s directory and renamed onto it when
+    the ``with`` block succeeds (``formats.atomic.atomic_path``). Subclasses write through
+    ``self._fd`` and finish the archive in ``_close(ok)`` (``ok``: the block raised nothing)."""
+
+    path: Path
+
+    def __enter__(self):
+        self._ctx = atomic_path(self.path, suffix=".tar")
+        self._tmp = self._ctx.__enter__()
+        # made empty by atomic_path; O_TRUNC would make ext4 start writeback at close
+        self._fd = os.open(self._tmp, os.O_WRONLY)
+        return self
+
+    def _close(self, ok: bool) -> None:
+        raise NotImplementedError
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._close(exc_type is None)
+        except BaseException as e:
+            os.close(self._fd)
+            self._ctx.__exit__(type(e), e, e.__traceback__)
+            raise
+        os.close(self._fd)
+        self._ctx.__exit__(exc_type, exc, tb)
+
+
+class FastTarWriter(_AtomicTar):
     """Context manager: ``add(key, [(ext, data), ...])`` samples, in order; atomic on exit."""
 
     def __init__(self, path: str | os.PathLike, batch_bytes: int = 8 << 20):
@@ -151,12 +179,6 @@ class FastTarWriter:
         self._offset = 0
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-
-    def __enter__(self) -> "FastTarWriter":
-        self._ctx = atomic_path(self.path, suffix=".tar")
-        self._tmp = self._ctx.__enter__()
-        self._fd = os.open(self._tmp, os.O_WRONLY)  # made empty by atomic_path; O_TRUNC would make ext4 start writeback at close
-        return self
 
     def add(self, key: str, members: Iterable[tuple[str, "bytes | memoryview | Range"]]) -> None:
         if "/" in key or key.startswith(".") or not key:
@@ -219,23 +241,16 @@ class FastTarWriter:
         if self._error is not None:
             raise self._error
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                end = bytes(2 * BLOCK)
-                self._parts.append(end)
-                self._offset += len(end)
-                rem = self._offset % RECORD
-                if rem:
-                    self._parts.append(_ZEROS[: RECORD - rem])
-                self._flush()
-            self._join()
-        except BaseException as e:
-            os.close(self._fd)
-            self._ctx.__exit__(type(e), e, e.__traceback__)
-            raise
-        os.close(self._fd)
-        self._ctx.__exit__(exc_type, exc, tb)
+    def _close(self, ok: bool) -> None:
+        if ok:
+            end = bytes(2 * BLOCK)
+            self._parts.append(end)
+            self._offset += len(end)
+            rem = self._offset % RECORD
+            if rem:
+                self._parts.append(_ZEROS[: RECORD - rem])
+            self._flush()
+        self._join()
 
 
 # the header template and its byte sum (checksum field as spaces), for compiled layouts
@@ -243,7 +258,7 @@ TEMPLATE = bytes(_TEMPLATE)
 TEMPLATE_SUM = _TEMPLATE_SUM
 
 
-class LayoutWriter:
+class LayoutWriter(_AtomicTar):
     """Context manager: a tar written from batches laid out elsewhere (the resharder's compiled
     ``_tar_kernels.lay_out``), same bytes as :class:`FastTarWriter`; atomic on exit.
 
@@ -260,12 +275,6 @@ class LayoutWriter:
         self.size = 0
         self._pwrite_all = pwrite_all
 
-    def __enter__(self) -> "LayoutWriter":
-        self._ctx = atomic_path(self.path, suffix=".tar")
-        self._tmp = self._ctx.__enter__()
-        self._fd = os.open(self._tmp, os.O_WRONLY)  # made empty by atomic_path; O_TRUNC would make ext4 start writeback at close
-        return self
-
     def put(self, src_fd: int, mem, writes, copies, end: int) -> None:
         for offset, size, out_off in copies.tolist():
             _copy_range(Range(src_fd, offset, size), self._fd, out_off)
@@ -275,16 +284,9 @@ class LayoutWriter:
                 _pwrite_all(self._fd, memoryview(mem)[start : start + size], out_off)
         self.size = end
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                _pwrite_all(self._fd, bytes(2 * BLOCK + -(self.size + 2 * BLOCK) % RECORD), self.size)
-        except BaseException as e:
-            os.close(self._fd)
-            self._ctx.__exit__(type(e), e, e.__traceback__)
-            raise
-        os.close(self._fd)
-        self._ctx.__exit__(exc_type, exc, tb)
+    def _close(self, ok: bool) -> None:
+        if ok:
+            _pwrite_all(self._fd, bytes(2 * BLOCK + -(self.size + 2 * BLOCK) % RECORD), self.size)
 
 
 def _write_parts(fd: int, parts: list) -> None:
