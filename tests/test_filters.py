@@ -276,6 +276,32 @@ def test_two_workers_same_result(edge_pool: Path, tmp_path: Path):
     assert np.array_equal(np.asarray(read_subset(tmp_path / "w1.npy")), np.asarray(read_subset(tmp_path / "w2.npy")))
 
 
+def test_large_pool_rule_loads_uid_kernels_same_subset(edge_pool: Path, tmp_path: Path, monkeypatch):
+    """Pools with >= KERNEL_MIN_ROWS rows per worker run the uid work compiled in every worker
+    (the workers are told, not left to guess); the subset is the same bytes either way."""
+    import subprocess
+    import sys
+
+    from datacomp.filters import engine
+
+    a = run_filter(edge_pool, "no_filter", tmp_path / "a.npy", workers=2, cache_dir=tmp_path / "c")
+    monkeypatch.setattr(engine, "KERNEL_MIN_ROWS", 1)
+    b = run_filter(edge_pool, "no_filter", tmp_path / "b.npy", workers=2, cache_dir=tmp_path / "c")
+    assert a["counts"] == b["counts"]
+    assert (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
+    # what a worker does with the flag: a fresh process without numba loads it for the uid work
+    code = (
+        "import sys; from pathlib import Path; from datacomp.filters.engine import select_unit\n"
+        "from datacomp.filters.recipe import load_recipe; from datacomp.filters.registry import OpEnv\n"
+        f"p = sorted(Path({str(edge_pool / 'metadata')!r}).glob('*.parquet'))[0]\n"
+        "for k in (None, True):\n"
+        f"    select_unit(str(p), load_recipe('no_filter'), OpEnv(kernels=k), None, {str(tmp_path / 'part.npy')!r})\n"
+        "    print('numba' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
+
+
 def test_npz_clip_score(tmp_path: Path):
     rng = np.random.default_rng(5)
     n = 6

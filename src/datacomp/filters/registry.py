@@ -50,13 +50,15 @@ class OpEnv:
     ``globals``: values earlier global steps made; ``pool``: the pool root (default locations such
     as ``POOL/targets/``); ``artifacts``: a directory for the small files global steps save
     (centroids, target cluster ids), shared between recipes; ``pool_digest``: a digest of the pool
-    files the recipe reads, for naming such files.
+    files the recipe reads, for naming such files; ``kernels``: whether the select pass's uid
+    work loads numba for its compiled kernels (``engine.KERNEL_MIN_ROWS``).
     """
 
     globals: dict[str, Any] = field(default_factory=dict)
     pool: Path | None = None
     artifacts: Path | None = None
     pool_digest: str = ""
+    kernels: bool | None = None  # the uid work's compiled kernels: True = load numba; None = if loaded
 
 
 class Op:
