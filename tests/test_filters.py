@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -484,6 +485,7 @@ def test_streamed_part_and_merge_files_equal_reference_save(tmp_path: Path, monk
     monkeypatch.setattr(_uids, "_CHUNK", 257)  # many chunks, with junctions to check
     monkeypatch.setattr(_uids, "_THREADED_MIN", 16)
     monkeypatch.setattr(_uids, "_BUCKET_ROWS", 300)  # many value ranges
+    fully = _uids._write_sorted_fully
 
     def saved(arr):
         p = tmp_path / "ref.npy"
@@ -537,6 +539,36 @@ def test_streamed_part_and_merge_files_equal_reference_save(tmp_path: Path, monk
         assert (tmp_path / "e2.npy").read_bytes() == saved(a[:0])
         assert _uids.write_part(a[:1], None, tmp_path / "one.npy", compiled)[0] == 1
         assert (tmp_path / "one.npy").read_bytes() == saved(a[:1])
+        # an error in the second thread (here: a disk that fills up) reaches the caller
+        clean = np.empty(3000, dtype=SUBSET_DTYPE)
+        clean["f0"] = rng.integers(0, 2**64, 3000, dtype=np.uint64)
+        clean["f1"] = rng.integers(0, 2**64, 3000, dtype=np.uint64)
+        clean[100:110] = clean[2900:2910]  # duplicates: key ties whose rows are in order
+        clean_paths = [tmp_path / f"clean{i}.npy" for i in range(3)]
+        clean_groups = [_uids.write_part(c, None, p, compiled)[1] for c, p in zip(np.array_split(clean, 3), clean_paths)]
+        # hash-like uids stream without the fallback (which would hide a streaming bug)
+        def no_fallback(*_):
+            raise AssertionError("fell back to the full sort")
+
+        monkeypatch.setattr(_uids, "_write_sorted_fully", no_fallback)
+        for threads in (1, 2):
+            assert _uids.merge_parts(clean_paths, tmp_path / "c.npy", clean_groups, compiled, threads=threads) == 3000
+            assert (tmp_path / "c.npy").read_bytes() == saved(clean)
+        monkeypatch.setattr(_uids, "_write_sorted_fully", fully)
+        real_write = _uids._write_all
+        calls = []
+
+        def full_disk(fd, data, offset=0):
+            calls.append(threading.current_thread() is threading.main_thread())
+            if not calls[-1]:
+                raise OSError(28, "No space left on device")
+            return real_write(fd, data, offset)
+
+        monkeypatch.setattr(_uids, "_write_all", full_disk)
+        with pytest.raises(OSError, match="No space"):
+            _uids.merge_parts(clean_paths, tmp_path / "full.npy", clean_groups, compiled, threads=2)
+        monkeypatch.setattr(_uids, "_write_all", real_write)
+        assert False in calls and not (tmp_path / "full.npy").exists()
         # a truncated part is an error naming the file
         (tmp_path / "t.npy").write_bytes((tmp_path / "one.npy").read_bytes()[:-3])
         with pytest.raises(ValueError, match="t.npy: truncated"):

@@ -319,12 +319,22 @@ def merge_parts(paths: Sequence[str | os.PathLike], out: str | os.PathLike, grou
             if not len(ranges[1]):
                 one(0)
             else:
-                th = threading.Thread(target=one, args=(1,))
+                failed: list[BaseException] = []
+
+                def second() -> None:
+                    try:
+                        one(1)
+                    except BaseException as e:  # noqa: BLE001 - re-raised below, in the caller's thread
+                        failed.append(e)
+
+                th = threading.Thread(target=second)
                 th.start()
                 try:
                     one(0)
                 finally:
                     th.join()
+                if failed:
+                    raise failed[0]
             # each range in order (checked while streaming) and each range's first row not below the
             # last row before it: the file is in order (parts in another order break this)
             good = all(e is not None for e in ends_written)
