@@ -25,6 +25,7 @@ from ..errors import ConfigError, FormatError, InputError, StageConflictError
 from ..executors import Unit, run_units
 from ..formats.atomic import atomic_path, write_json
 from ..formats.manifest import MANIFEST_NAME, Manifest, check_reusable, manifest_digest, write_manifest
+from ..formats.pool import one_array
 from ..formats.shards import SHARD_FORMAT, list_shards, read_stats
 from ..formats.uids import read_subset
 from ..progress import progress
@@ -426,17 +427,29 @@ class _PySamples(_Samples):
             os.close(fd)
 
     def table(self, sel: np.ndarray, mult: np.ndarray) -> pa.Table:
-        members, small = self.members, self.peek.small
+        rows = [self.members[i] for i in sel]
+        flat = [m for r in rows for m in r]
+        lists = _int32s(_offsets(np.array([len(r) for r in rows], np.int64)))
+        # the bytes of small members (txt, json) as the header walk read them, so the pack needs
+        # no read for them; null for members it did not hold whole (images)
+        small = [self.peek.small.get(o) for _, o, _ in flat]
         return pa.table({
-            "uid": pa.array([self.uids[i] for i in sel], pa.string()),
+            "uid": _bytes_array(pa.string(), [self.uids[i].encode("ascii") for i in sel]),
             "mult": _int64s(mult),
-            "exts": pa.array([[e for e, _, _ in members[i]] for i in sel], pa.list_(pa.string())),
-            "offsets": pa.array([[o for _, o, _ in members[i]] for i in sel], pa.list_(pa.int64())),
-            "sizes": pa.array([[z for _, _, z in members[i]] for i in sel], pa.list_(pa.int64())),
-            # the bytes of small members (txt, json) as the header walk read them, so the pack needs
-            # no read for them; null for members it did not hold whole (images)
-            "small": pa.array([[small.get(o) for _, o, _ in members[i]] for i in sel], pa.list_(pa.binary())),
+            "exts": pa.ListArray.from_arrays(lists, _bytes_array(pa.string(), [e.encode("utf-8") for e, _, _ in flat])),
+            "offsets": pa.ListArray.from_arrays(lists, _int64s(np.array([o for _, o, _ in flat], np.int64))),
+            "sizes": pa.ListArray.from_arrays(lists, _int64s(np.array([z for _, _, z in flat], np.int64))),
+            "small": pa.ListArray.from_arrays(lists, _bytes_array(pa.binary(), small)),
         })
+
+
+def _bytes_array(kind: pa.DataType, items: list[bytes | None]) -> pa.Array:
+    """An Arrow string / binary array of ``items`` (None = null), built from buffers (``pa.array``
+    would import pandas)."""
+    data = [b"" if x is None else x for x in items]
+    valid = np.array([x is not None for x in items], bool)
+    return _binary(kind, _offsets(np.array([len(x) for x in data], np.int64)), np.frombuffer(b"".join(data), np.uint8),
+                   None if valid.all() else valid)
 
 
 def _samples_py(tar: Path, file_size: int) -> _PySamples:
@@ -649,7 +662,7 @@ class _ScanTable:
     def __init__(self, scan_path: str):
         t = _read_parquet(scan_path)
         self.uids = t.column("uid").to_pylist()
-        mult = t.column("mult").to_numpy()
+        mult = _numbers(one_array(t.column("mult")), np.int64)
         self.exts = t.column("exts").to_pylist()
         self.offsets = t.column("offsets").to_pylist()
         self.sizes = t.column("sizes").to_pylist()
