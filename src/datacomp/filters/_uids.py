@@ -61,11 +61,11 @@ def _as_u64x2(arr: np.ndarray) -> np.ndarray:
 
 def _compiled(compiled: bool | None) -> bool:
     """``compiled=None``: use the numba kernels only once numba is loaded in this process.
-    Importing numba and loading the cached kernels costs ~0.4 s per process — more than the
-    kernels save on the uid work of a few shards (NumPy does it ~2x slower: ~4 ms instead of
-    ~2 ms per 125k rows) — so a worker that runs no text op (no_filter, CLIP-score recipes)
-    stays on NumPy, and so does run_filter's own process (its merge of 1M rows takes ~30 ms
-    either way)."""
+    Importing numba and loading the cached kernels costs ~0.4 s per process, and the kernels save
+    ~3.5 ms per 125k uids (the decode: 0.13 instead of 3.4 ms), so below ~15M rows per worker a
+    worker that runs no text op (no_filter, CLIP-score recipes) stays on NumPy, and so does
+    run_filter's own process (its merge of 1M rows takes ~10 ms either way); run_filter passes
+    True for bigger pools (``engine.KERNEL_MIN_ROWS``)."""
     return ("numba" in sys.modules) if compiled is None else compiled
 
 
@@ -104,15 +104,15 @@ def uid_pairs(uids: pa.Array, compiled: bool | None = None, scratch: bool = Fals
 _THREADED_MIN = 1 << 17  # rows from which merge_parts uses its second thread
 
 
-# ---- sorted writes, streamed ---------------------------------------------------------------------
+# ---- the select pass's writes --------------------------------------------------------------------
 #
-# The two writes of the select pass — each worker's sorted part and the driver's merged subset —
-# never materialise the sorted array: the sort keys (high halves with the row index in their low
-# bits) are sorted, then the rows are gathered in that order a chunk at a time into a small
-# buffer that stays in cache, each chunk checked to continue the (hi, lo) order and written with
-# ``os.pwrite`` at its place in the file. Only when a check fails (two uids that share the kept
-# high bits came out in the wrong order: vanishingly rare for hashes) is the array sorted fully.
-# Output bytes are those of ``np.save(make_subset(...))``.
+# Each worker writes its kept pairs grouped by top byte (``write_part``); the driver's merge
+# (``merge_parts``) never materialises the sorted subset: per value range, the sort keys (high
+# halves with the row index in their low bits) are sorted, then the rows are gathered in that
+# order a chunk at a time into a small buffer that stays in cache and written with ``os.pwrite``
+# at their place in the file. Only when a check fails (two uids that share the kept high bits
+# came out in the wrong order: vanishingly rare for hashes) is the subset sorted fully. Output
+# bytes are those of ``np.save(make_subset(...))``.
 
 _CHUNK = 1 << 15  # rows per gathered chunk (512 kB)
 _LOCAL = threading.local()
