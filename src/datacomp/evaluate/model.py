@@ -10,13 +10,13 @@ DIR). So the model is built from the config without weights and the training che
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import FormatError, InputError
+from ..train.models import CONFIG_NAME, read_open_clip_config
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +36,8 @@ def load_run_model(run: str | os.PathLike, device: str = "cpu") -> tuple[Any, Ca
 
     run = Path(run)
     model_dir = run / "model"
-    cfg_path = model_dir / "open_clip_config.json"
-    if not cfg_path.is_file():
-        raise InputError(f"{cfg_path}: model config is missing")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise FormatError(f"{cfg_path}: not valid JSON ({e})") from None
-    if not isinstance(cfg, dict) or "model_cfg" not in cfg:
-        raise FormatError(f"{cfg_path}: open_clip 'local-dir:' config needs a 'model_cfg' key")
+    cfg_path = model_dir / CONFIG_NAME
+    read_open_clip_config(cfg_path)  # checked here: open_clip's own errors name no file
     ckpt = run_checkpoint(run)
     name = "local-dir:" + str(model_dir)
     with _quiet_random_init():  # the weights come from the checkpoint just below

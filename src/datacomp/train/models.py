@@ -36,6 +36,20 @@ def is_bundled(model: str) -> bool:
     return model_config_path(model) is not None
 
 
+def read_open_clip_config(f: Path) -> dict[str, Any]:
+    """A local ``open_clip_config.json`` (what open_clip's ``local-dir:`` loader reads), checked:
+    a missing file, bad JSON or no ``model_cfg`` is a one-line error naming the file."""
+    if not f.is_file():
+        raise InputError(f"{f}: open_clip model config does not exist")
+    try:
+        cfg = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise FormatError(f"{f}: not valid JSON: {e}") from None
+    if not isinstance(cfg, dict) or "model_cfg" not in cfg:
+        raise FormatError(f"{f}: open_clip config has no 'model_cfg'")
+    return cfg
+
+
 def open_clip_config(model: str) -> dict[str, Any]:
     """The ``open_clip_config.json`` content for a bundled config, an open_clip built-in name or a local dir."""
     p = model_config_path(model)
@@ -44,16 +58,7 @@ def open_clip_config(model: str) -> dict[str, Any]:
         return {"model_cfg": cfg["model_cfg"], "preprocess_cfg": cfg.get("preprocess_cfg", {})}
     local = _local_dir(model)
     if local is not None:
-        f = local / CONFIG_NAME
-        if not f.is_file():
-            raise InputError(f"{f}: open_clip model config does not exist")
-        try:
-            cfg = json.loads(f.read_text())
-        except json.JSONDecodeError as e:
-            raise FormatError(f"{f}: not valid JSON: {e}") from None
-        if "model_cfg" not in cfg:
-            raise FormatError(f"{f}: open_clip config has no 'model_cfg'")
-        return cfg
+        return read_open_clip_config(local / CONFIG_NAME)
     from open_clip.factory import get_model_config
     from open_clip.transform import PreprocessCfg
 

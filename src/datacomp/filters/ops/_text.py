@@ -46,18 +46,6 @@ def as_text(column: pa.Array) -> pa.Array:
     return column
 
 
-def _bytes(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(UTF-8 bytes of all rows, int32 offsets with n + 1 entries starting at 0)."""
-    text = as_text(text)
-    n = len(text)
-    bufs = text.buffers()
-    offsets = np.frombuffer(bufs[1], dtype=np.int32, count=n + 1, offset=text.offset * 4)
-    if bufs[2] is None or n == 0:
-        return np.zeros(0, dtype=np.uint8), np.zeros(n + 1, dtype=np.int32)
-    data = np.frombuffer(bufs[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
-    return data, offsets - offsets[0] if offsets[0] else offsets
-
-
 def _buffer(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(the whole value buffer as bytes, the rows' int32 offsets into it), without copies."""
     text = as_text(text)
@@ -67,6 +55,12 @@ def _buffer(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     if bufs[2] is None or n == 0:
         return np.zeros(0, dtype=np.uint8), np.zeros(n + 1, dtype=np.int32)
     return np.frombuffer(bufs[2], dtype=np.uint8), offsets
+
+
+def _bytes(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(UTF-8 bytes of the rows only, int32 offsets with n + 1 entries starting at 0)."""
+    base, offsets = _buffer(text)
+    return base[offsets[0]:offsets[-1]], offsets - offsets[0] if offsets[0] else offsets
 
 
 def _tail(base: np.ndarray, whole: int) -> np.uint64:
