@@ -1,6 +1,7 @@
 """datacomp.embed: npz keys/rows/normalisation, scores = row-wise dot products, resume, bad inputs."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from datacomp.config import Scale, load_scale
 from datacomp.embed import embed
 from datacomp.errors import ConfigError, FormatError, InputError
 from datacomp.formats.pool import read_metadata, read_npz
+from datacomp.pool.synth import synthesize
+from datacomp.pool.synth.targets import render_targets, world_spec
+from datacomp.pool.synth.world import load_world
 from datacomp.train.models import WEIGHTS_NAME, materialise
 from datacomp.train.toydata import write_toy_shards
 
@@ -61,6 +65,7 @@ def test_embed_model_mode(tmp_path: Path, random_model: Path) -> None:
         assert np.isnan(t.column("clip_l14_similarity_score").to_numpy()).all()
         assert t.column("text").to_pylist()[0].startswith("a ")
     assert (pool / "stages" / "embed" / "manifest.json").is_file()
+    assert not (pool / "targets").exists() and "targets" not in m.extra  # not an embedded world
     # same params: reused without work
     assert embed(pool, model=f"local-dir:{random_model}", checkpoint=random_model / "ckpt.pt", keys=("b32",)).created == m.created
 
@@ -139,3 +144,45 @@ def test_embed_teachers(tmp_path: Path) -> None:
     t = read_metadata(pool / "metadata" / "00000000.parquet")
     assert not np.isnan(t.column("clip_l14_similarity_score").to_numpy()).any()
     assert json.loads((pool / "teachers" / "b32" / "teacher.json").read_text())["model"] == "synth-teacher-s"
+    assert not (pool / "targets").exists()  # a pool that is not an embedded world gets no targets
+
+
+def test_embed_world_pool_writes_targets_and_resumes(tmp_path: Path, random_model: Path) -> None:
+    """On an embedded world, the model that fills l14 also embeds the image-based filter's targets."""
+    from datacomp.embed.core import embed_images
+
+    base = load_scale("synth_test")
+    world = {"concepts": 12, "shard_size": 200, "curated_size": 50, "eval_size": 24, "retrieval_size": 12}
+    pool = tmp_path / "pool"
+    synthesize(pool, dataclasses.replace(base, name="synth_mini", pool_size=400, world=world), seed=0, workers=1)
+    kw = dict(model=f"local-dir:{random_model}", checkpoint=random_model / "ckpt.pt", workers=1)
+    m = embed(pool, **kw)
+    path = pool / "targets" / "l14_img.npy"
+    x = np.load(path, allow_pickle=False)
+    assert x.dtype == np.float32 and x.shape == (12 * 50, 64)  # default 50 per concept
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    rec = m.extra["targets"]
+    assert json.loads(path.with_suffix(".json").read_text()) == rec
+    assert rec["model"] == m.params["keys"]["l14"] and rec["concepts"] == load_world(12).names
+    assert (rec["n"], rec["stream"], rec["seed"]) == (600, "targets", 0)
+    tg = render_targets(world_spec(pool))
+    np.testing.assert_allclose(embed_images(kw["model"], str(kw["checkpoint"].resolve()), tg.images), x, atol=1e-5)
+    data, mtime = path.read_bytes(), path.stat().st_mtime_ns
+    sdir = pool / "stages" / "embed"
+    # re-run: reused, untouched
+    assert embed(pool, **kw).created == m.created and path.stat().st_mtime_ns == mtime
+    # the file deleted: written again, the same bytes, and recorded
+    path.unlink()
+    assert embed(pool, **kw).extra["targets"]["sha256"] == rec["sha256"] and path.read_bytes() == data
+    # killed before the manifest, with the targets file changed since its marker: only the targets are redone
+    (sdir / "manifest.json").unlink()
+    np.save(path, x[:10])
+    npz_mtime = (pool / "metadata" / "00000000.npz").stat().st_mtime_ns
+    m2 = embed(pool, **kw)
+    assert path.read_bytes() == data and m2.extra["targets"] == {**rec, "seconds": m2.extra["targets"]["seconds"]}
+    assert (pool / "metadata" / "00000000.npz").stat().st_mtime_ns == npz_mtime
+    # the eval digests it must exclude are gone: one line naming the file
+    path.unlink()
+    (pool / "evalsets" / "eval_sha256.json").unlink()
+    with pytest.raises(InputError, match=r"eval_sha256\.json: eval image digests do not exist"):
+        embed(pool, **kw)

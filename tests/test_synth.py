@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from datacomp.config import load_scale
-from datacomp.errors import StageConflictError
+from datacomp.errors import ConfigError, InputError, StageConflictError
 from datacomp.formats.manifest import marker_path, read_manifest
 from datacomp.formats.pool import POOL_COLUMNS, POOL_SCHEMA, list_parquets
 from datacomp.formats.shards import iter_samples, list_shards, read_stats
@@ -23,6 +23,7 @@ from datacomp.pool.synth.captions import foreign
 from datacomp.pool.synth.evalsuite import classnames
 from datacomp.pool.synth.render import object_masks
 from datacomp.pool.synth.scene import make_rng, sample_scene
+from datacomp.pool.synth.targets import render_targets, world_spec
 from datacomp.pool.synth.world import all_concepts, load_noise, load_world
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -231,6 +232,36 @@ def test_curated_shares_no_image_with_evalsets(pool):
             n += 1
     assert n == 1200
     assert read_manifest(pool).counts["curated_rows"] == 1200
+
+
+def test_targets_are_balanced_fresh_renders_not_eval_images(pool, tmp_path):
+    """The image-based filter's targets: every concept equally often, their own stream, no eval image."""
+    spec = world_spec(pool, per_concept=4)
+    assert (spec.seed, spec.n_concepts, spec.n, spec.stream) == (0, 12, 48, "targets")
+    tg = render_targets(spec)
+    assert tg.concepts == [i % 12 for i in range(48)] and len(tg.images) == 48
+    assert len(set(tg.sha256)) == 48
+    eval_shas = {s for v in json.loads((pool / "evalsets" / "eval_sha256.json").read_text()).values() for s in v}
+    curated = {hashlib.sha256(s.files["jpg"]).hexdigest() for t in list_shards(pool / "curated") for s in iter_samples(t)}
+    pooled = {s for p in list_parquets(pool) for s in pq.read_table(p, columns=["sha256"]).column("sha256").to_pylist()}
+    assert not set(tg.sha256) & (eval_shas | curated | pooled)
+    assert all(im.mode == "RGB" and 40 <= min(im.size) <= 52 for im in tg.images)  # web-image geometry, as curated
+    # a pure function of (seed, stream, index): same bytes again, a prefix for fewer per concept, other seed differs
+    assert render_targets(spec).sha256 == tg.sha256
+    assert render_targets(dataclasses.replace(spec, per_concept=2)).sha256 == tg.sha256[:24]
+    assert not set(render_targets(dataclasses.replace(spec, seed=1)).sha256) & set(tg.sha256)
+    # a render equal to an eval image is redrawn from the retry stream; the others stay
+    banned = tmp_path / "eval_sha256.json"
+    banned.write_text(json.dumps({"synth/concepts": [tg.sha256[5]]}))
+    again = render_targets(dataclasses.replace(spec, eval_shas=banned))
+    assert again.rerendered == 1 and again.sha256[5] != tg.sha256[5] and again.concepts == tg.concepts
+    assert again.sha256[:5] + again.sha256[6:] == tg.sha256[:5] + tg.sha256[6:]
+    # not an embedded world -> no targets; bad input -> one line naming the file or field
+    assert world_spec(tmp_path) is None
+    with pytest.raises(InputError, match=r"nope/eval_sha256\.json: eval image digests do not exist"):
+        render_targets(dataclasses.replace(spec, eval_shas=tmp_path / "nope" / "eval_sha256.json"))
+    with pytest.raises(ConfigError, match="targets_per_concept"):
+        world_spec(pool, per_concept=0)
 
 
 # ---- determinism, resume, reuse -----------------------------------------------------------------

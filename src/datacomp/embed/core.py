@@ -49,6 +49,22 @@ def _encode(fn, batches) -> np.ndarray:
     return x.numpy().astype(np.float32)
 
 
+def embed_images(model: str, checkpoint: str | None, images: list[Any], batch_size: int = 256,
+                 threads: int = 1) -> np.ndarray:
+    """L2-normalised float32 image embeddings ``[len(images), dim]`` of PIL images with one model
+    (loaded once per process, as the shard units load theirs)."""
+    import torch
+
+    from ..train.models import cached_open_clip
+
+    torch.set_num_threads(max(1, threads))
+    m, pre, _ = cached_open_clip(model, checkpoint)
+    if not images:
+        return np.zeros((0, int(getattr(m, "embed_dim", 0) or 0)), np.float32)
+    pix = torch.stack([pre(im) for im in images])
+    return _encode(m.encode_image, (pix[i:i + batch_size] for i in range(0, len(images), batch_size)))
+
+
 def embed_shard(parquet: str, tar: str, specs: list[dict[str, Any]], batch_size: int = 256, threads: int = 1) -> dict[str, Any]:
     """Embed one metadata parquet + shard tar with every model in ``specs`` ({keys, model, checkpoint})."""
     import torch

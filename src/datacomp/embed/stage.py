@@ -7,6 +7,9 @@ Layout::
     POOL/stages/embed/.done/<shard>.<keys>.json   per-shard completion markers
     POOL/stages/embed/params.json         parameters of the run in progress (stale markers are cleared)
     POOL/stages/embed/manifest.json       written last: which model + checkpoint produced each key
+    POOL/targets/l14_img.npy + .json      embedded worlds only: the image-based filter's targets
+                                          (see ``datacomp.pool.synth.targets``), embedded by the model
+                                          that fills ``l14``; marker ``.done/targets.l14.json``
 """
 from __future__ import annotations
 
@@ -17,20 +20,28 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
 
 from ..config import Scale, load_scale
 from ..errors import ConfigError, InputError
 from ..executors import Unit, run_units
-from ..formats.atomic import write_json
-from ..formats.manifest import Manifest, check_reusable, clear_markers, manifest_digest, read_manifest, write_manifest
+from ..formats.atomic import atomic_path, write_json
+from ..formats.manifest import (Manifest, check_reusable, clear_markers, manifest_digest, mark_done, marker_path,
+                                read_manifest, read_marker, write_manifest)
 from ..formats.pool import list_parquets, parquet_num_rows, require_pool_dir
 from ..train import launch, models
-from .core import embed_shard, score_column
+from .core import embed_images, embed_shard, score_column
+
+if TYPE_CHECKING:
+    from ..pool.synth.targets import TargetSpec
 
 log = logging.getLogger(__name__)
 
 STAGE_DIR = Path("stages") / "embed"
+TARGETS_KEY = "l14"  # the image-based filter clusters l14_img and reads POOL/targets/l14_img.npy
+TARGETS_UNIT = f"targets.{TARGETS_KEY}"
 
 
 def stage_dir(pool: str | os.PathLike) -> Path:
@@ -115,6 +126,90 @@ def train_teacher(pool: Path, s: Scale, key: str, seed: int = 0, overwrite: bool
     return info
 
 
+def targets_path(pool: str | os.PathLike) -> Path:
+    return Path(pool) / "targets" / f"{TARGETS_KEY}_img.npy"
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _targets_spec(pool: Path, s: Scale | None) -> TargetSpec | None:
+    """The pool's target spec when it is an embedded world; the scale gives ``world.targets_per_concept``."""
+    from ..pool.synth.targets import world_spec
+
+    if s is None:
+        try:
+            s = _pool_scale(pool)
+        except ConfigError:
+            s = None
+    return world_spec(pool, (s.world or {}).get("targets_per_concept") if s is not None else None)
+
+
+def _targets_current(pool: Path, rec: dict[str, Any] | None, spec: TargetSpec, ident: dict[str, Any]) -> bool:
+    """Whether the recorded targets are these renders embedded by this model, and still on disk unchanged."""
+    if not isinstance(rec, dict) or rec.get("spec") != spec.to_json() or rec.get("model") != ident:
+        return False
+    path = targets_path(pool)
+    return path.is_file() and path.with_suffix(".json").is_file() and _file_sha256(path) == rec.get("sha256")
+
+
+def write_targets(pool: Path, spec: TargetSpec, model: str, checkpoint: str | None, ident: dict[str, Any],
+                  batch_size: int = 256, threads: int = 1) -> dict[str, Any]:
+    """Render the world's targets, embed them with ``model`` and write POOL/targets/l14_img.npy
+    (float32, L2-normalised rows) and its .json sidecar, each atomically; returns the record."""
+    from ..pool.synth.targets import render_targets
+    from ..pool.synth.world import load_world
+
+    t0 = time.time()
+    tg = render_targets(spec)
+    emb = embed_images(model, checkpoint, tg.images, batch_size, threads).astype(np.float32)
+    if emb.shape[0] != spec.n or not np.isfinite(emb).all():
+        raise InputError(f"{model}: target embeddings have shape {emb.shape} or non-finite values (expected {spec.n} rows)")
+    path = targets_path(pool)
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, emb, allow_pickle=False)
+    world = load_world(spec.n_concepts)
+    rec = {"path": str(path.relative_to(pool)), "key": TARGETS_KEY, "n": int(emb.shape[0]), "dim": int(emb.shape[1]),
+           "dtype": "float32", "l2_normalised": True, "sha256": _file_sha256(path), "spec": spec.to_json(),
+           "model": ident, "seed": spec.seed, "stream": spec.stream, "per_concept": spec.per_concept,
+           "concepts": world.names, "row_concept": "row i shows concepts[i % len(concepts)]",
+           "what": "fresh normal-style renders of the synth/concepts concepts (the ImageNet-1k train analogue), "
+                   "none equal to an eval test image",
+           "eval_collisions_rerendered": tg.rerendered, "seconds": round(time.time() - t0, 2)}
+    write_json(path.with_suffix(".json"), rec)
+    log.info("embed: %d target images (%d concepts x %d) -> %s in %.1fs", rec["n"], spec.n_concepts, spec.per_concept,
+             path, rec["seconds"])
+    return rec
+
+
+def _ensure_targets(pool: Path, sdir: Path, spec: TargetSpec, model: str, checkpoint: str | None,
+                    ident: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    """The targets record, in this process: the unit's marker when current, else written anew."""
+    rec = read_marker(sdir, TARGETS_UNIT)
+    if _targets_current(pool, rec, spec, ident):
+        return rec
+    rec = write_targets(pool, spec, model, checkpoint, ident, batch_size=batch_size, threads=launch._cpu_count())
+    mark_done(sdir, TARGETS_UNIT, rec)
+    return rec
+
+
+def _embed_unit(kind: str, *args: Any) -> dict[str, Any]:
+    """One unit of the stage (module-level, so process pools and Ray can pickle it): a pool shard or the targets."""
+    if kind == "targets":
+        pool, spec, model, checkpoint, ident, batch_size, threads = args
+        return write_targets(Path(pool), spec, model, checkpoint, ident, batch_size=batch_size, threads=threads)
+    return embed_shard(*args)
+
+
+def _teacher_ident(info: dict[str, Any]) -> dict[str, Any]:
+    return {"teacher": info.get("key", TARGETS_KEY), "arch": info.get("model"), "run_manifest": info.get("run_manifest")}
+
+
 def _ckpt_identity(checkpoint: str | None) -> str | None:
     if checkpoint is None:
         return None
@@ -175,10 +270,25 @@ def embed(
         ckpt = str(checkpoint) if checkpoint is not None else None
         params = {"mode": "model", "pool": pool_id,
                   "keys": {k: {"model": model, "checkpoint": _ckpt_identity(ckpt)} for k in keys}}
+    tspec = _targets_spec(pool, s if use_teacher else None) if TARGETS_KEY in keys else None
     previous = read_manifest(sdir)
     done = check_reusable(sdir, "embed", params, overwrite)
     if done is not None:
         log.info("embed: %s already embedded with these parameters; reusing it", pool)
+        if tspec is not None:
+            rec = done.extra.get("targets")
+            if use_teacher:
+                known = _teacher_ident(done.extra.get("models", {}).get(TARGETS_KEY, {}).get("teacher", {}))
+            else:
+                known = params["keys"][TARGETS_KEY]
+            if not _targets_current(pool, rec, tspec, known):  # missing, changed on disk, or made before targets
+                if use_teacher:
+                    info = train_teacher(pool, s, TARGETS_KEY, seed=seed)  # reuses the finished run
+                    tmodel, tckpt, ident = f"{models.LOCAL_DIR}{teacher_dir(pool, TARGETS_KEY).resolve()}", None, _teacher_ident(info)
+                else:
+                    tmodel, tckpt, ident = model, str(Path(checkpoint).resolve()) if checkpoint is not None else None, known
+                done.extra["targets"] = _ensure_targets(pool, sdir, tspec, tmodel, tckpt, ident, batch_size)
+                write_manifest(sdir, done)
         return done
     started = sdir / "params.json"
     if started.is_file():
@@ -215,10 +325,26 @@ def embed(
     nw = max(1, min(workers, len(parquets)))
     threads = max(1, ncpu // nw)
     suffix = "+".join(keys)
-    units = [Unit(name=f"{p.stem}.{suffix}", args=(str(p), str(t), specs, batch_size, threads), weight=parquet_num_rows(p))
+    units = [Unit(name=f"{p.stem}.{suffix}", args=("shard", str(p), str(t), specs, batch_size, threads), weight=parquet_num_rows(p))
              for p, t in zip(parquets, tars)]
+    targets_rec = None
+    if tspec is not None:  # an embedded world: the image-based filter's targets, by the model that fills l14
+        if use_teacher:
+            tmodel, tckpt = specs[keys.index(TARGETS_KEY)]["model"], None
+            ident = _teacher_ident(records[TARGETS_KEY]["teacher"])
+        else:
+            tmodel, tckpt, ident = model, ckpt, params["keys"][TARGETS_KEY]
+        if not _targets_current(pool, read_marker(sdir, TARGETS_UNIT), tspec, ident):
+            marker_path(sdir, TARGETS_UNIT).unlink(missing_ok=True)  # file gone or changed, other model: redo
+        # one more unit, last: a worker that embedded a shard has the l14 model loaded already
+        units.append(Unit(name=TARGETS_UNIT, args=("targets", str(pool), tspec, tmodel, tckpt, ident, batch_size, threads),
+                          weight=tspec.n))
+    elif previous is not None and overwrite and TARGETS_KEY not in keys and previous.extra.get("targets"):
+        targets_rec = previous.extra["targets"]  # l14 untouched: its targets stay valid
     t1 = time.time()
-    results = run_units(embed_shard, units, sdir, workers=nw, executor=executor, desc="embed", unit_label="pairs")
+    results = run_units(_embed_unit, units, sdir, workers=nw, executor=executor, desc="embed", unit_label="pairs")
+    if tspec is not None:
+        targets_rec = results.pop(TARGETS_UNIT)
     embed_s = time.time() - t1
     rows = sum(r["rows"] for r in results.values())
     unit_s = sum(r.get("seconds", 0.0) for r in results.values())
@@ -244,6 +370,8 @@ def embed(
         extra={"models": records, "pairs_per_s_per_worker": round(rows / unit_s, 1) if unit_s > 0 else None,
                "missing_images_policy": "zero image vector, NaN score"},
     )
+    if targets_rec is not None:
+        manifest.extra["targets"] = targets_rec
     write_manifest(sdir, manifest)
     log.info("embed: %d rows in %d shards, %.1fs (%s)", rows, len(parquets), embed_s, ", ".join(keys))
     return manifest
