@@ -1,7 +1,9 @@
 """The whole loop on the smallest embedded scale, asserting on the outputs' contents.
 
-One module-scoped `datacomp run` (synth_test: 2,400-row pool, three recipes) feeds every test
-here; a second test kills a run mid-way and checks that re-running reuses what was finished.
+One module-scoped `datacomp run` (synth_test: 2,400-row pool) feeds every test here: all eight
+shipped recipes are filtered and resharded, four of them (TRAINED) also trained and evaluated —
+training the other four would add ~2 minutes and test nothing new. A second test kills a run
+mid-way and checks that re-running reuses what was finished.
 """
 from __future__ import annotations
 
@@ -21,13 +23,19 @@ import pytest
 
 from datacomp.config import load_scale
 from datacomp.evaluate.registry import get_task
+from datacomp.filters import run_filter
 from datacomp.formats.pool import list_parquets, read_npz
 from datacomp.formats.shards import iter_samples, list_shards, read_stats
 from datacomp.formats.uids import pairs_to_uids, read_subset
+from datacomp.pool.synth.targets import render_targets, world_spec
+from datacomp.pool.synth.world import load_world
+from datacomp.reshard import reshard
 from datacomp.run import run_loop
 
 pytestmark = pytest.mark.slow
-RECIPES = ["no_filter", "basic_filter", "clip_score_l14_30"]
+RECIPES = ["no_filter", "basic_filter", "clip_score_l14_30", "clip_score_b32_30", "laion2b", "text_based",
+           "image_based", "image_based_clip_score_l14_30"]
+TRAINED = ["no_filter", "basic_filter", "clip_score_l14_30", "image_based"]
 SYNTH_TASKS = sorted(["synth/concepts", "synth/concepts_clutter", "synth/concepts_style", "synth/count",
                       "synth/position", "synth/size", "synth/concepts_groups", "synth/concepts_longtail",
                       "synth/retrieval"])
@@ -36,7 +44,12 @@ SYNTH_TASKS = sorted(["synth/concepts", "synth/concepts_clutter", "synth/concept
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory):
     wd = tmp_path_factory.mktemp("loop")
-    rows = run_loop("synth_test", wd, recipes=RECIPES, seed=0, workers=2)
+    rows = run_loop("synth_test", wd, recipes=TRAINED, seed=0, workers=2)
+    shard_size = load_scale("synth_test").world["shard_size"]
+    for r in RECIPES:  # the rest: filter + reshard, into the layout `datacomp run` uses
+        if r not in TRAINED:
+            run_filter(wd / "pool", r, wd / "subsets" / f"{r}.npy", workers=2)
+            reshard(wd / "pool", wd / "subsets" / f"{r}.npy", wd / "shards" / r, shard_size=shard_size, workers=2)
     return wd, rows
 
 
@@ -81,6 +94,43 @@ def test_pool_and_embeddings(loop):
     assert emb["b32_img"].shape[1] != emb["l14_img"].shape[1]  # two different teachers
 
 
+def test_targets_for_the_image_based_filter(loop):
+    """POOL/targets/l14_img.npy: the L/14 teacher's embeddings of fresh renders of every concept."""
+    from datacomp.embed.core import embed_images
+
+    wd, _ = loop
+    pool = wd / "pool"
+    path = pool / "targets" / "l14_img.npy"
+    x = np.load(path, allow_pickle=False)
+    dim = read_npz(list_parquets(pool)[0].with_suffix(".npz"), ["l14_img"])["l14_img"].shape[1]
+    assert x.dtype == np.float32 and x.shape == (12 * 50, dim)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    side = json.loads(path.with_suffix(".json").read_text())
+    rec = json.loads((pool / "stages" / "embed" / "manifest.json").read_text())["targets"]
+    assert side == rec and rec["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (rec["n"], rec["per_concept"], rec["stream"], rec["seed"]) == (600, 50, "targets", 0)
+    assert rec["model"]["teacher"] == "l14" and rec["model"]["arch"] == "synth-teacher-l"
+    assert rec["concepts"] == load_world(12).names
+    # not eval images; deterministic: the same renders embedded again give the same rows
+    tg = render_targets(world_spec(pool))
+    eval_shas = {s for v in json.loads((pool / "evalsets" / "eval_sha256.json").read_text()).values() for s in v}
+    assert not set(tg.sha256) & eval_shas and tg.concepts == [i % 12 for i in range(600)]
+    again = embed_images(f"local-dir:{(pool / 'teachers' / 'l14').resolve()}", None, tg.images)
+    np.testing.assert_allclose(again, x, atol=1e-5)
+    # in the pool's embedding space: a target's nearest clean pool image shows its concept more often
+    # than chance (1/12; the small teacher gets ~0.2)
+    truth = _truth(pool)
+    img, concept = [], []
+    for p in list_parquets(pool):
+        uids = pq.read_table(p, columns=["uid"]).column("uid").to_pylist()
+        img.append(read_npz(p.with_suffix(".npz"), ["l14_img"])["l14_img"].astype(np.float32))
+        concept += [truth[u]["concept_id"] if truth[u]["clean"] else -1 for u in uids]
+    img, concept = np.concatenate(img), np.array(concept)
+    clean = concept >= 0
+    nearest = concept[clean][np.argmax(x @ img[clean].T, axis=1)]
+    assert np.mean(nearest == np.array(tg.concepts)) > 1.5 / 12
+
+
 def test_subsets_follow_the_reference_rules(loop):
     wd, _ = loop
     pool = wd / "pool"
@@ -113,6 +163,38 @@ def test_subsets_follow_the_reference_rules(loop):
     assert len(subsets["clip_score_l14_30"]) >= int(0.3 * len(values)) + 1
     sidecar = json.loads((wd / "subsets" / "basic_filter.json").read_text())
     assert sidecar["counts"]["kept"] == len(expected)
+    # every recipe: a sidecar that counts the subset; all but no_filter keep some rows, not all
+    n = len(all_uids)
+    for r, uids in subsets.items():
+        side = json.loads((wd / "subsets" / f"{r}.json").read_text())
+        assert side["counts"]["kept"] == len(uids) and side["counts"]["pool_rows"] == n, r
+        assert set(uids) <= set(all_uids)
+        if r != "no_filter":
+            assert 0 < len(uids) < n, (r, len(uids))
+    # B/32 top 30 %, as L/14 above
+    b32 = {}
+    for p in list_parquets(pool):
+        t = pq.read_table(p, columns=["uid", "clip_b32_similarity_score"]).to_pylist()
+        b32.update({r["uid"]: r["clip_b32_similarity_score"] for r in t})
+    bvals = np.sort(np.array(list(b32.values()), dtype=np.float32))[::-1]
+    assert subsets["clip_score_b32_30"] == sorted(u for u, s in b32.items() if s >= bvals[int(len(bvals) * 0.3)])
+    # LAION-2B: B/32 score >= 0.28 (and CLD3 English, not recomputed here)
+    assert all(b32[u] >= np.float32(0.28) for u in subsets["laion2b"])
+    # text-based and image-based keep fastText-English captions only
+    english = set()
+    for p in list_parquets(pool):
+        for r in pq.read_table(p, columns=["uid", "text"]).to_pylist():
+            if model.predict((r["text"] or "").replace("\n", " "))[0][0] == "__label__en":
+                english.add(r["uid"])
+    assert set(subsets["text_based"]) <= english
+    assert set(subsets["image_based"]) <= english
+    # image-based: the caption-filtered rows in clusters nearest to a target (600 = 12 concepts x 50)
+    g = json.loads((wd / "subsets" / "image_based.json").read_text())["globals"]
+    assert g["target_clusters_targets"] == 600 and 0 < g["target_clusters_count"] <= g["centroids_k"]
+    assert g["centroids_k"] == max(1, round(g["centroids_points"] / 128))  # num_clusters: auto
+    assert len(subsets["image_based"]) <= g["centroids_points"]
+    # the DataComp-1B recipe is exactly the intersection of its two parts
+    assert subsets["image_based_clip_score_l14_30"] == sorted(set(subsets["image_based"]) & set(subsets["clip_score_l14_30"]))
 
 
 def test_filters_raise_the_share_of_clean_pairs(loop):
@@ -123,6 +205,8 @@ def test_filters_raise_the_share_of_clean_pairs(loop):
     assert 0.1 < share["no_filter"] < 0.3
     assert share["basic_filter"] > 2 * share["no_filter"]
     assert share["clip_score_l14_30"] > 1.5 * share["no_filter"]
+    assert share["image_based"] > 1.5 * share["no_filter"]
+    assert share["image_based_clip_score_l14_30"] > 1.5 * share["no_filter"]
 
 
 def test_resharded_shards_hold_exactly_the_subset(loop):
@@ -149,7 +233,7 @@ def test_resharded_shards_hold_exactly_the_subset(loop):
 def test_training_runs_at_the_fixed_protocol(loop):
     wd, _ = loop
     scale = load_scale("synth_test")
-    for r in RECIPES:
+    for r in TRAINED:
         run = wd / "runs" / r
         assert (run / "checkpoints" / "epoch_latest.pt").is_file()
         info = json.loads((run / "info.json").read_text())
@@ -164,8 +248,8 @@ def test_training_runs_at_the_fixed_protocol(loop):
 
 def test_evaluation_results_and_table(loop):
     wd, rows = loop
-    assert [r["recipe"] for r in rows] == RECIPES
-    for r in RECIPES:
+    assert [r["recipe"] for r in rows] == TRAINED
+    for r in TRAINED:
         lines = [json.loads(x) for x in (wd / "runs" / r / "eval_results.jsonl").read_text().splitlines()]
         assert sorted(x["key"] for x in lines) == SYNTH_TASKS
         for x in lines:
@@ -176,17 +260,20 @@ def test_evaluation_results_and_table(loop):
         assert row["average"] == pytest.approx(np.mean([x["metrics"]["main_metric"] for x in lines]))
     with open(wd / "results.csv") as f:
         table = list(csv.DictReader(f))
-    assert [t["recipe"] for t in table] == RECIPES
+    assert [t["recipe"] for t in table] == TRAINED
     assert int(table[0]["dataset_size"]) == load_scale("synth_test").pool_size
+    for t in table:  # every task has a column, every trained recipe a value in it
+        assert all(0.0 <= float(t[k]) <= 1.0 for k in SYNTH_TASKS), t
+        assert int(t["dataset_size"]) == len(read_subset(wd / "subsets" / f"{t['recipe']}.npy"))
     md = (wd / "results.md").read_text()
-    assert all(r in md for r in RECIPES)
+    assert all(r in md for r in TRAINED)
 
 
 def test_rerun_reuses_everything_unchanged(loop):
     wd, rows = loop
     before = _tree_digest(wd, skip=("run.json",))
     t0 = time.time()
-    again = run_loop("synth_test", wd, recipes=RECIPES, seed=0, workers=2)
+    again = run_loop("synth_test", wd, recipes=TRAINED, seed=0, workers=2)
     assert time.time() - t0 < 60
     assert again == rows
     after = _tree_digest(wd, skip=("run.json",))
