@@ -98,6 +98,27 @@ def test_unknown_recipe(tmp_path, capsys):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("args, msg", [
+    (["--seeds", "0,x"], "--seeds: 'x' is not an integer"),
+    (["--seeds", "1,1"], "seed 1 given twice"),
+    (["--seeds", "0,-1"], "seed -1 is not a non-negative integer"),
+    (["--seeds", ","], "no seeds given"),
+    (["--recipes", "no_filter,no_filter"], "recipe 'no_filter' given twice"),
+])
+def test_run_bad_seeds_and_recipes(tmp_path, capsys, args, msg):
+    code, err = _run(["run", "--scale", "synth_test", "--workdir", str(tmp_path / "w"), *args], capsys)
+    assert code == 2 and msg in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()
+
+
+def test_run_seed_and_seeds_exclusive_and_pseudo_recipes_known(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--scale", "synth_test", "--workdir", str(tmp_path / "w"), "--seed", "1", "--seeds", "0,1"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    code, err = _run(["run", "--scale", "synth_test", "--workdir", str(tmp_path / "w"), "--recipes", "oracle,orakel"], capsys)
+    assert code == 2 and "unknown recipe 'orakel'" in err and "oracle" in err and "random_basic" in err
+
+
 def test_reference_scale_refused_by_run(tmp_path, capsys):
     code, err = _run(["run", "--scale", "small", "--workdir", str(tmp_path / "w")], capsys)
     assert code == 2 and "reference scale" in err
@@ -110,6 +131,7 @@ def test_info_verbs(capsys):
     assert main(["info", "recipes"]) == 0
     out = capsys.readouterr().out
     assert "basic_filter" in out and "clip_score_l14_30" in out
+    assert "run-only" in out and "random_basic" in out and "oracle" in out
     assert main(["info", "tasks", "--json"]) == 0
     tasks = json.loads(capsys.readouterr().out)
     keys = {t["key"] for t in tasks}

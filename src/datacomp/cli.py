@@ -168,10 +168,11 @@ def cmd_download_evalsets(a: argparse.Namespace) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from .run import run_loop
+    from .run import parse_seeds, run_seeds
 
     recipes = [r.strip() for r in a.recipes.split(",") if r.strip()]
-    run_loop(a.scale, Path(a.workdir), recipes=recipes, seed=a.seed, workers=a.workers)
+    seeds = parse_seeds(a.seeds) if a.seeds is not None else [a.seed if a.seed is not None else 0]
+    run_seeds(a.scale, Path(a.workdir), recipes=recipes, seeds=seeds, workers=a.workers)
     return 0
 
 
@@ -311,11 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dest", help="directory to write the eval sets to")
     sp.add_argument("--tasks", help="comma-separated task keys (default: all 40)")
 
-    sp = add("run", cmd_run, "the whole loop for several recipes at one scale")
+    sp = add("run", cmd_run, "the whole loop for several recipes at one scale, over one or several seeds")
     sp.add_argument("--scale", required=True)
     sp.add_argument("--workdir", required=True)
-    sp.add_argument("--recipes", default="no_filter,basic_filter,clip_score_l14_30")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--recipes", default="no_filter,basic_filter,clip_score_l14_30",
+                    help="shipped recipes or YAML files, plus the pseudo-recipes oracle (the world's clean pairs) "
+                         "and random_basic (random, basic_filter's size) (default %(default)s)")
+    seed = sp.add_mutually_exclusive_group()
+    seed.add_argument("--seed", type=int, default=None, help="one seed: world and training (default 0)")
+    seed.add_argument("--seeds", metavar="N,N,...",
+                      help="several seeds, one world each under WORKDIR/seed-N; tables give mean ± std")
     workers(sp)
 
     sp = add("info", cmd_info, "show the bundled scales, tasks or recipes")

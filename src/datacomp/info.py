@@ -25,8 +25,10 @@ def _rows(what: str) -> list[dict[str, Any]]:
         return [t.to_json() if hasattr(t, "to_json") else dict(t) for t in load_tasks()]
     if what == "recipes":
         from .filters import list_ops_and_recipes
+        from .filters.reference_subsets import PSEUDO_RECIPES
 
-        return [{"kind": k, "name": n, "description": d} for k, n, d in list_ops_and_recipes()]
+        return ([{"kind": k, "name": n, "description": d} for k, n, d in list_ops_and_recipes()]
+                + [{"kind": "run-only", "name": n, "description": d} for n, d in PSEUDO_RECIPES.items()])
     raise ValueError(what)
 
 

@@ -1,14 +1,30 @@
 """``datacomp run``: the whole loop — pool, embed, filter, reshard, train, evaluate, report —
-for several recipes at one embedded scale, in one work directory.
+for several recipes at one embedded scale, over one or several seeds, in one work directory.
 
-Layout under WORKDIR: ``pool/``, ``subsets/<recipe>.npy`` (+ .json), ``shards/<recipe>/``,
-``runs/<recipe>/`` (checkpoints, eval_results.jsonl), ``results.md``, ``results.csv``,
-``run.json`` (stage timings). Every stage reuses finished output, so a killed run resumes.
+One seed (``--seed N``, or ``--seeds N``): under WORKDIR ``pool/``, ``subsets/<recipe>.npy``
+(+ .json), ``shards/<recipe>/``, ``runs/<recipe>/`` (checkpoints, eval_results.jsonl),
+``results.md``, ``results.csv``, ``run.json`` (stage timings).
+
+Several seeds (``--seeds 0,1,2``): one world per seed, ``WORKDIR/seed-N/`` holding exactly the
+one-seed layout above, then ``WORKDIR/results.md`` and ``results.csv`` with the mean ± sample
+std (ddof=1) over seeds of every task and the average, a ``seeds`` column (how many seeds a row
+rests on), ``results_per_seed.csv`` (one row per seed and recipe) and ``run.json``.
+
+Seed N is a new world *and* a new training seed: the pool, the curated pairs, the downstream
+suite, the teachers and every CLIP are drawn or trained with seed N. On the embedded world the
+data draw is itself a source of variance, just as CommonPool's sample of the web is for the real
+benchmark, so the spread over seeds measures both, not only the training noise.
+
+Recipes are shipped names or YAML files, plus two pseudo-recipes that bracket every filter
+(:mod:`datacomp.filters.reference_subsets`): ``oracle`` (the world's clean pairs: the ceiling)
+and ``random_basic`` (a seeded random subset of basic_filter's size: the floor).
+Every stage reuses finished output, so a killed run resumes.
 """
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +42,42 @@ def _known_recipes() -> set[str]:
 
 
 def _check_recipes(recipes: list[str]) -> None:
+    from .filters.reference_subsets import PSEUDO_RECIPES
+
     if not recipes:
         raise ConfigError("no recipes given (--recipes a,b,c)")
-    known = _known_recipes()
+    known = _known_recipes() | set(PSEUDO_RECIPES)
     for r in recipes:
         if r not in known and not Path(r).is_file():
             raise ConfigError(f"unknown recipe '{r}' (known: {', '.join(sorted(known))})")
+    labels = [recipe_label(r) for r in recipes]
+    dup = next((lab for i, lab in enumerate(labels) if lab in labels[:i]), None)
+    if dup is not None:
+        raise ConfigError(f"recipe '{dup}' given twice (--recipes; a YAML file is named by its stem)")
+
+
+def check_seeds(seeds: list[int]) -> list[int]:
+    if not seeds:
+        raise ConfigError("no seeds given (--seeds 0,1,2)")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ConfigError(f"seed {s!r} is not a non-negative integer (--seeds 0,1,2)")
+    dup = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
+    if dup is not None:
+        raise ConfigError(f"seed {dup} given twice (--seeds)")
+    return list(seeds)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; ConfigError naming the bad item."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    out: list[int] = []
+    for x in items:
+        try:
+            out.append(int(x))
+        except ValueError:
+            raise ConfigError(f"--seeds: '{x}' is not an integer (e.g. --seeds 0,1,2)") from None
+    return check_seeds(out)
 
 
 def recipe_label(recipe: str) -> str:
@@ -39,29 +85,35 @@ def recipe_label(recipe: str) -> str:
     return p.stem if p.suffix in (".yaml", ".yml") else recipe
 
 
-def run_loop(scale: str | Scale, workdir: Path, recipes: list[str], seed: int = 0, workers: int = 2) -> list[dict[str, Any]]:
+def seed_dir(workdir: Path, seed: int, n_seeds: int) -> Path:
+    """Where seed ``seed``'s world lives: WORKDIR itself for one seed, else WORKDIR/seed-N."""
+    return Path(workdir) if n_seeds == 1 else Path(workdir) / f"seed-{seed}"
+
+
+@dataclass
+class LoopResult:
+    rows: list[dict[str, Any]]                      # one per recipe (mean over seeds, ``<key>_std``, ``seeds``)
+    per_seed: dict[int, list[dict[str, Any]]]       # seed -> its rows, as one-seed runs report them
+    timings: dict[str, Any] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def _run_world(scale: Scale, workdir: Path, recipes: list[str], seed: int, workers: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """One seed's world: the one-seed layout under ``workdir``; -> (rows, stage timings)."""
     from .embed import embed
     from .evaluate import aggregate, evaluate
     from .filters import run_filter
+    from .filters.reference_subsets import build_reference_subset, is_pseudo_recipe
     from .pool.synth import synthesize
-    from .report import format_table, write_results_table
     from .reshard import reshard
     from .train import train
 
-    scale = load_scale(scale) if isinstance(scale, str) else scale
-    if not scale.embedded:
-        raise ConfigError(
-            f"scale '{scale.name}' is a reference scale: `datacomp run` builds the embedded world; "
-            "use the stage verbs (filter, reshard, train, evaluate) on a real pool"
-        )
-    _check_recipes(recipes)
-    workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
     def timed(name: str, fn, *args, **kw):
         t0 = time.time()
-        log.info("== %s", name)
+        log.info("== %s (seed %d)", name, seed)
         out = fn(*args, **kw)
         timings[name] = round(time.time() - t0, 2)
         log.info("== %s done in %.1fs", name, timings[name])
@@ -77,7 +129,10 @@ def run_loop(scale: str | Scale, workdir: Path, recipes: list[str], seed: int = 
     for recipe in recipes:
         label = recipe_label(recipe)
         subset = workdir / "subsets" / f"{label}.npy"
-        summary = timed(f"filter/{label}", run_filter, pool, recipe, subset, workers=workers)
+        if is_pseudo_recipe(recipe):
+            summary = timed(f"filter/{label}", build_reference_subset, recipe, pool, subset, seed=seed, workers=workers)
+        else:
+            summary = timed(f"filter/{label}", run_filter, pool, recipe, subset, workers=workers)
         shards = workdir / "shards" / label
         rm = timed(f"reshard/{label}", reshard, pool, subset, shards, shard_size=shard_size, workers=workers)
         run_dir = workdir / "runs" / label
@@ -93,10 +148,65 @@ def run_loop(scale: str | Scale, workdir: Path, recipes: list[str], seed: int = 
             row[r["key"]] = r["metrics"].get("main_metric")
         row["average"] = agg.get("average")
         rows.append(row)
-
     timings["total"] = round(time.time() - t_start, 2)
+    return rows, timings
+
+
+def run_seeds(scale: str | Scale, workdir: Path, recipes: list[str], seeds: list[int], workers: int = 2,
+              echo: bool = True) -> LoopResult:
+    """The loop for every seed (one world each; see the module docstring), then the seed tables.
+
+    Prints the final table when ``echo``. A finished seed, like a finished stage, is reused.
+    """
+    from .report import aggregate_seeds, format_csv, format_table, per_seed_rows, write_results_table
+    from .formats.atomic import write_text
+
+    scale = load_scale(scale) if isinstance(scale, str) else scale
+    if not scale.embedded:
+        raise ConfigError(
+            f"scale '{scale.name}' is a reference scale: `datacomp run` builds the embedded world; "
+            "use the stage verbs (filter, reshard, train, evaluate) on a real pool"
+        )
+    _check_recipes(recipes)
+    seeds = check_seeds(list(seeds))
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    per_seed: dict[int, list[dict[str, Any]]] = {}
+    seed_timings: dict[str, dict[str, float]] = {}
+    for seed in seeds:
+        wd = seed_dir(workdir, seed, len(seeds))
+        rows, timings = _run_world(scale, wd, recipes, seed, workers)
+        per_seed[seed] = rows
+        seed_timings[str(seed)] = timings
+        if len(seeds) > 1:  # each seed directory is a complete one-seed work directory
+            write_results_table(aggregate_seeds({seed: rows}), wd)
+            write_json(wd / "run.json", {"scale": scale.name, "seed": seed, "recipes": recipes,
+                                         "timings": timings, "rows": rows})
+    total = round(time.time() - t_start, 2)
+    rows = aggregate_seeds(per_seed)
     md, csv = write_results_table(rows, workdir)
-    write_json(workdir / "run.json", {"scale": scale.name, "seed": seed, "recipes": recipes, "timings": timings, "rows": rows})
-    print(format_table(rows))
-    print(f"\nwrote {md} and {csv} ({timings['total']:.0f} s)")
-    return rows
+    paths = {"results_md": md, "results_csv": csv}
+    if len(seeds) == 1:
+        timings = {**seed_timings[str(seeds[0])], "total": total}
+        write_json(workdir / "run.json", {"scale": scale.name, "seed": seeds[0], "recipes": recipes,
+                                          "timings": timings, "rows": rows})
+    else:
+        per = workdir / "results_per_seed.csv"
+        write_text(per, format_csv(per_seed_rows(per_seed)))
+        paths["results_per_seed_csv"] = per
+        timings = {"seeds": seed_timings, "total": total}
+        write_json(workdir / "run.json", {"scale": scale.name, "seeds": seeds, "recipes": recipes,
+                                          "timings": timings, "rows": rows,
+                                          "per_seed": {str(s): r for s, r in per_seed.items()}})
+    if echo:
+        print(format_table(rows))
+        also = f", {paths['results_per_seed_csv']}" if len(seeds) > 1 else ""
+        print(f"\nwrote {md} and {csv}{also} ({total:.0f} s)")
+    return LoopResult(rows=rows, per_seed=per_seed, timings=timings, paths=paths)
+
+
+def run_loop(scale: str | Scale, workdir: Path, recipes: list[str], seed: int = 0, workers: int = 2,
+             seeds: list[int] | None = None) -> list[dict[str, Any]]:
+    """:func:`run_seeds` over ``seeds`` (default ``[seed]``); -> the table's rows (one per recipe)."""
+    return run_seeds(scale, workdir, recipes, seeds if seeds is not None else [seed], workers=workers).rows
