@@ -1,0 +1,293 @@
+"""Fidelity of the embedded world: does it rank DataComp's baselines the way the paper does?
+
+    .venv/bin/python bench/fidelity.py [--scale synth_demo] [--seeds 0,1,2] [--workdir DIR]
+                                       [--workers 2] [--recipes a,b,...] [--record]
+
+Runs the whole loop (``datacomp run``, :func:`datacomp.run.run_seeds`) for the eight DataComp
+baselines plus the two reference subsets, ``oracle`` (the world's clean pairs: the ceiling) and
+``random_basic`` (random, basic_filter's size: the floor), on one world per seed, then prints:
+
+* per recipe: the keep fraction (subset / pool, mean over seeds), the suite average as mean ±
+  sample std (ddof=1) over seeds, its rank among the recipes run (1 = best mean), and the
+  paper's Avg (38) and rank at small and medium scale (``resources/published/table3.yaml``:
+  Table 3; ``clip_score_b32_30`` from Tables 25/26);
+* Spearman's rank correlation between the eight baselines' mean averages and the paper's Avg (38)
+  at small and at medium (tie-aware: average ranks; medium has a tie at 0.328), also per seed;
+* the gaps the paper's ordering rests on, no_filter < basic_filter < clip_score_l14_30, and the
+  brackets random_basic < basic_filter and clip_score_l14_30 < oracle. A gap is the mean over
+  seeds of the paired difference ``average(b) - average(a)`` in the same world; σ is the sample
+  std (ddof=1) of that per-seed difference (the seed-to-seed spread of the gap itself, not a
+  standard error); a gap *holds* when it exceeds 2σ. With one seed there is no σ and only the
+  sign is reported;
+* the wall time of this invocation.
+
+Resumable: the work directory (default /tmp/datacomp-fidelity/<scale>) keeps every finished
+stage, so a re-run after a kill, or with more seeds, computes only what is missing. ``--record``
+appends a dated section (machine: nproc, load average, Python) to bench/RESULTS.md.
+The full default run (synth_demo, 3 seeds, 10 recipes) takes ~40 minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+BASELINES = ("no_filter", "basic_filter", "text_based", "image_based", "laion2b", "clip_score_b32_30",
+             "clip_score_l14_30", "image_based_clip_score_l14_30")
+REFERENCES = ("oracle", "random_basic")
+PAPER_SCALES = ("small", "medium")
+GAPS = (("no_filter", "basic_filter", "ordering"), ("basic_filter", "clip_score_l14_30", "ordering"),
+        ("random_basic", "basic_filter", "bracket"), ("clip_score_l14_30", "oracle", "bracket"))
+RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+# ---- pure functions -----------------------------------------------------------------------------
+
+def rankdata(values: Sequence[float]) -> list[float]:
+    """Ascending ranks from 1, ties given the average of the ranks they span (scipy's 'average')."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def _pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    if sxx == 0 or syy == 0:
+        return None
+    return sxy / math.sqrt(sxx * syy)
+
+
+def spearman_ranks(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rho as the Pearson correlation of average ranks (tie-aware); None if undefined."""
+    if len(x) != len(y):
+        raise ValueError(f"spearman: {len(x)} values against {len(y)}")
+    if len(x) < 2:
+        return None
+    return _pearson(rankdata(x), rankdata(y))
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rho with scipy where it is installed, else :func:`spearman_ranks` (same result)."""
+    try:
+        from scipy.stats import spearmanr
+    except ImportError:  # scipy comes with scikit-learn, a dependency; kept for a bare environment
+        return spearman_ranks(x, y)
+    if len(x) != len(y):
+        raise ValueError(f"spearman: {len(x)} values against {len(y)}")
+    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    rho = float(spearmanr(x, y).statistic)
+    return None if math.isnan(rho) else rho
+
+
+def _std(values: Sequence[float]) -> float | None:
+    n = len(values)
+    if n < 2:
+        return None
+    m = sum(values) / n
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+
+
+def seed_averages(per_seed: dict[int, list[dict[str, Any]]]) -> dict[str, dict[int, float]]:
+    """recipe -> {seed: average} (seeds whose average is None are left out)."""
+    out: dict[str, dict[int, float]] = {}
+    for seed, rows in per_seed.items():
+        for r in rows:
+            if r.get("average") is not None:
+                out.setdefault(r["recipe"], {})[seed] = float(r["average"])
+    return out
+
+
+def fidelity_rows(per_seed: dict[int, list[dict[str, Any]]], pool_size: int,
+                  published: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """One row per recipe (first seed's order): keep fraction, mean/std average, our rank, the paper's.
+
+    ``published`` maps a paper scale to ``{recipe: Avg (38)}``. Ranks: 1 = best, ties averaged;
+    ours among every recipe with an average, the paper's among the recipes it has at that scale.
+    """
+    recipes: list[str] = []
+    for rows in per_seed.values():
+        recipes += [r["recipe"] for r in rows if r["recipe"] not in recipes]
+    avgs = seed_averages(per_seed)
+    sizes: dict[str, list[float]] = {}
+    for rows in per_seed.values():
+        for r in rows:
+            sizes.setdefault(r["recipe"], []).append(r["dataset_size"] / pool_size)
+    out: list[dict[str, Any]] = []
+    for rec in recipes:
+        vals = list(avgs.get(rec, {}).values())
+        out.append({"recipe": rec, "seeds": len(vals),
+                    "keep": sum(sizes[rec]) / len(sizes[rec]),
+                    "average": sum(vals) / len(vals) if vals else None,
+                    "average_std": _std(vals)})
+    scored = [r for r in out if r["average"] is not None]
+    for r, rank in zip(scored, rankdata([-r["average"] for r in scored])):
+        r["rank"] = rank
+    for scale, table in published.items():
+        names = [r["recipe"] for r in out if r["recipe"] in table]
+        ranks = dict(zip(names, rankdata([-table[n] for n in names])))
+        for r in out:
+            r[f"paper_{scale}"] = table.get(r["recipe"])
+            r[f"paper_{scale}_rank"] = ranks.get(r["recipe"])
+    return out
+
+
+def rank_correlations(per_seed: dict[int, list[dict[str, Any]]], published: dict[str, dict[str, float]],
+                      baselines: Sequence[str] = BASELINES) -> dict[str, dict[str, Any]]:
+    """Per paper scale: Spearman's rho of the baselines' mean averages, and of each seed's, against the paper's."""
+    avgs = seed_averages(per_seed)
+    out: dict[str, dict[str, Any]] = {}
+    for scale, table in published.items():
+        names = [b for b in baselines if b in table and b in avgs and len(avgs[b]) == len(per_seed)]
+        mean = [sum(avgs[b].values()) / len(avgs[b]) for b in names]
+        paper = [table[b] for b in names]
+        out[scale] = {"n": len(names), "recipes": names, "rho": spearman(mean, paper),
+                      "per_seed": {s: spearman([avgs[b][s] for b in names], paper) for s in per_seed}}
+    return out
+
+
+def gap_checks(per_seed: dict[int, list[dict[str, Any]]], pairs=GAPS) -> list[dict[str, Any]]:
+    """For each (a, b, kind): the mean paired gap average(b) - average(a) over the seeds that ran
+    both, σ = sample std of the per-seed gaps, holds = gap > 2σ (one seed: gap > 0, no σ)."""
+    avgs = seed_averages(per_seed)
+    out = []
+    for a, b, kind in pairs:
+        if a not in avgs or b not in avgs:
+            continue
+        seeds = [s for s in per_seed if s in avgs[a] and s in avgs[b]]
+        if not seeds:
+            continue
+        d = [avgs[b][s] - avgs[a][s] for s in seeds]
+        gap = sum(d) / len(d)
+        sigma = _std(d)
+        out.append({"a": a, "b": b, "kind": kind, "seeds": len(d), "gap": gap, "sigma": sigma,
+                    "two_sigma": None if sigma is None else 2 * sigma,
+                    "holds": gap > 0 if sigma is None else gap > 2 * sigma,
+                    "positive_seeds": sum(x > 0 for x in d)})
+    return out
+
+
+def _f(v: float | None, fmt: str = ".3f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _rank(v: float | None) -> str:
+    return "-" if v is None else (f"{v:.0f}" if v == int(v) else f"{v:.1f}")
+
+
+def format_report(scale: str, seeds: Sequence[int], rows: list[dict[str, Any]], corr: dict[str, dict[str, Any]],
+                  gaps: list[dict[str, Any]], wall_s: float) -> str:
+    """The report as Markdown (printed, and appended to RESULTS.md by --record)."""
+    lines = [f"Scale `{scale}`, seeds {','.join(map(str, seeds))}; average = mean of the world's 9 task scores; "
+             "± = sample std over seeds (ddof=1); rank 1 = best.", ""]
+    head = ["recipe", "seeds", "keep", "average", "rank"]
+    for s in corr:
+        head += [f"paper {s} Avg(38)", f"paper {s} rank"]
+    lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for r in sorted(rows, key=lambda r: (r.get("rank") is None, r.get("rank") or 0)):
+        avg = _f(r["average"]) + ("" if r["average_std"] is None else f" ± {r['average_std']:.3f}")
+        cells = [r["recipe"], str(r["seeds"]), f"{100 * r['keep']:.1f}%", avg, _rank(r.get("rank"))]
+        for s in corr:
+            cells += [_f(r.get(f"paper_{s}")), _rank(r.get(f"paper_{s}_rank"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for s, c in corr.items():
+        per = ", ".join(f"seed {k}: {_f(v, '.2f')}" for k, v in c["per_seed"].items())
+        lines.append(f"- Spearman ρ vs the paper's {s} Avg (38), {c['n']} baselines: **{_f(c['rho'], '.2f')}** "
+                     f"(per seed: {per})")
+    lines.append("")
+    lines.append("Gaps (mean over seeds of the paired difference b − a in the same world; σ = sample std of "
+                 "that per-seed difference; holds = gap > 2σ):")
+    lines.append("")
+    lines += ["| a < b | kind | gap | 2σ | b > a in seeds | holds |", "|---|---|---:|---:|---:|---|"]
+    for g in gaps:
+        two = _f(g["two_sigma"]) if g["two_sigma"] is not None else "n/a (1 seed: sign only)"
+        lines.append(f"| {g['a']} < {g['b']} | {g['kind']} | {g['gap']:+.3f} | {two} | "
+                     f"{g['positive_seeds']}/{g['seeds']} | {'yes' if g['holds'] else 'no'} |")
+    lines += ["", f"Wall time of this invocation: {wall_s:.0f} s (stages finished by earlier invocations are reused)."]
+    return "\n".join(lines) + "\n"
+
+
+def machine_line(load_start: tuple[float, float, float], load_end: tuple[float, float, float]) -> str:
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # as `nproc`
+    return (f"Machine: nproc {nproc}, {platform.machine()} {platform.system()}, Python "
+            f"{platform.python_version()}; load average (1/5/15 min) {'/'.join(f'{x:.1f}' for x in load_start)} "
+            f"at the start, {'/'.join(f'{x:.1f}' for x in load_end)} at the end.")
+
+
+def record(path: Path, title_time: datetime, machine: str, report: str) -> None:
+    from datacomp.formats.atomic import write_text
+
+    old = path.read_text() if path.is_file() else "# Benchmark results\n"
+    section = (f"\n## Fidelity to the paper's baseline ranking (`bench/fidelity.py`), "
+               f"{title_time.strftime('%Y-%m-%d %H:%M UTC')}\n\n{machine}\n\n{report}")
+    write_text(path, old.rstrip("\n") + "\n" + section)
+
+
+# ---- main ---------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", default="synth_demo", help="an embedded scale (default %(default)s)")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, one world each (default %(default)s)")
+    ap.add_argument("--recipes", default=",".join(BASELINES + REFERENCES), help="default: the eight baselines, oracle, random_basic")
+    ap.add_argument("--workdir", help="work directory (default /tmp/datacomp-fidelity/<scale>); reused on a re-run")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--record", action="store_true", help=f"append a dated section to {RESULTS_MD}")
+    a = ap.parse_args(argv)
+
+    import logging
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    from datacomp.config import load_scale
+    from datacomp.errors import DatacompError
+    from datacomp.report.published import published_metric
+    from datacomp.run import parse_seeds, run_seeds
+
+    try:
+        seeds = parse_seeds(a.seeds)
+        scale = load_scale(a.scale)
+        recipes = [r.strip() for r in a.recipes.split(",") if r.strip()]
+        workdir = Path(a.workdir) if a.workdir else Path("/tmp/datacomp-fidelity") / scale.name
+        published = {s: published_metric(s) for s in PAPER_SCALES}
+        started = datetime.now(timezone.utc)
+        load_start = os.getloadavg()
+        t0 = time.time()
+        res = run_seeds(scale, workdir, recipes, seeds, workers=a.workers, echo=False)
+        wall = time.time() - t0
+    except DatacompError as e:
+        print(f"fidelity: error: {e}", file=sys.stderr)
+        return e.exit_code
+    rows = fidelity_rows(res.per_seed, int(scale.pool_size), published)
+    report = format_report(scale.name, seeds, rows, rank_correlations(res.per_seed, published),
+                           gap_checks(res.per_seed), wall)
+    print()
+    print(report)
+    print(f"work directory: {workdir} (tables: {res.paths['results_md']})")
+    if a.record:
+        record(RESULTS_MD, started, machine_line(load_start, os.getloadavg()), report)
+        print(f"recorded in {RESULTS_MD}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""bench/fidelity.py's pure parts: ranks, Spearman (scipy and the fallback), the tables, the gaps."""
+from __future__ import annotations
+
+import importlib.util
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location("bench_fidelity", Path(__file__).resolve().parents[1] / "bench" / "fidelity.py")
+fid = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fid)
+
+
+def test_rankdata_averages_ties():
+    assert fid.rankdata([0.3, 0.1, 0.2]) == [3, 1, 2]
+    assert fid.rankdata([0.328, 0.312, 0.328, 0.338]) == [2.5, 1, 2.5, 4]
+    assert fid.rankdata([1, 1, 1]) == [2, 2, 2]
+
+
+@pytest.mark.parametrize("x, y", [
+    ([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]),
+    ([0.258, 0.285, 0.307, 0.312, 0.292, 0.328, 0.328, 0.338], [0.15, 0.2, 0.21, 0.19, 0.17, 0.22, 0.18, 0.23]),
+    ([3, 1, 2, 2], [1, 1, 2, 3]),
+])
+def test_spearman_scipy_and_fallback_agree(x, y):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    expected = float(scipy_stats.spearmanr(x, y).statistic)
+    assert fid.spearman(x, y) == pytest.approx(expected)
+    assert fid.spearman_ranks(x, y) == pytest.approx(expected)
+
+
+def test_spearman_edges():
+    assert fid.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1)
+    assert fid.spearman_ranks([1, 2, 3], [10, 20, 30]) == pytest.approx(1)
+    assert fid.spearman([1, 1, 1], [1, 2, 3]) is None and fid.spearman_ranks([1, 1, 1], [1, 2, 3]) is None
+    assert fid.spearman([1], [2]) is None
+    with pytest.raises(ValueError):
+        fid.spearman_ranks([1, 2], [1, 2, 3])
+
+
+def _rows(avgs: dict[str, float], shift: float = 0.0):
+    return [{"recipe": r, "dataset_size": 100 * (i + 1), "average": None if a is None else a + shift}
+            for i, (r, a) in enumerate(avgs.items())]
+
+
+PER_SEED = {
+    0: _rows({"no_filter": 0.10, "basic_filter": 0.15, "clip_score_l14_30": 0.18, "oracle": 0.25, "random_basic": 0.11}),
+    1: _rows({"no_filter": 0.12, "basic_filter": 0.16, "clip_score_l14_30": 0.17, "oracle": 0.24, "random_basic": 0.13}),
+    2: _rows({"no_filter": 0.11, "basic_filter": 0.17, "clip_score_l14_30": 0.21, "oracle": 0.26, "random_basic": 0.12}),
+}
+PAPER = {"small": {"no_filter": 0.132, "basic_filter": 0.142, "clip_score_l14_30": 0.173},
+         "medium": {"no_filter": 0.258, "basic_filter": 0.285, "clip_score_l14_30": 0.328}}
+
+
+def test_fidelity_rows_and_correlations():
+    rows = fid.fidelity_rows(PER_SEED, 1000, PAPER)
+    by = {r["recipe"]: r for r in rows}
+    assert [r["recipe"] for r in rows] == ["no_filter", "basic_filter", "clip_score_l14_30", "oracle", "random_basic"]
+    assert by["no_filter"]["keep"] == pytest.approx(0.1) and by["oracle"]["keep"] == pytest.approx(0.4)
+    assert by["basic_filter"]["average"] == pytest.approx(0.16) and by["basic_filter"]["average_std"] == pytest.approx(0.01)
+    assert [by[r]["rank"] for r in ("oracle", "clip_score_l14_30", "basic_filter", "random_basic", "no_filter")] == [1, 2, 3, 4, 5]
+    assert by["clip_score_l14_30"]["paper_small_rank"] == 1 and by["no_filter"]["paper_medium"] == 0.258
+    assert by["oracle"]["paper_small"] is None and by["oracle"]["paper_small_rank"] is None
+    corr = fid.rank_correlations(PER_SEED, PAPER)
+    assert corr["small"]["n"] == 3 and corr["small"]["rho"] == pytest.approx(1.0)
+    assert corr["small"]["per_seed"][1] == pytest.approx(1.0)
+
+
+def test_gaps_paired_over_seeds():
+    gaps = {(g["a"], g["b"]): g for g in fid.gap_checks(PER_SEED)}
+    g = gaps[("no_filter", "basic_filter")]
+    assert g["gap"] == pytest.approx(0.05) and g["sigma"] == pytest.approx(0.01) and g["two_sigma"] == pytest.approx(0.02)
+    assert g["holds"] and g["positive_seeds"] == 3 and g["seeds"] == 3
+    g = gaps[("basic_filter", "clip_score_l14_30")]  # +0.03, +0.01, +0.04: mean 0.0267, 2σ 0.0306
+    assert g["gap"] == pytest.approx(0.08 / 3) and not g["holds"] and g["positive_seeds"] == 3
+    assert gaps[("random_basic", "basic_filter")]["kind"] == "bracket"
+    one = fid.gap_checks({0: PER_SEED[0]})
+    assert all(g["sigma"] is None and g["holds"] == (g["gap"] > 0) for g in one)
+    assert fid.gap_checks({0: _rows({"no_filter": 0.1})}) == []
+
+
+def test_report_and_record(tmp_path):
+    rows = fid.fidelity_rows(PER_SEED, 1000, PAPER)
+    text = fid.format_report("synth_test", [0, 1, 2], rows, fid.rank_correlations(PER_SEED, PAPER),
+                             fid.gap_checks(PER_SEED), 12.3)
+    assert "| oracle | 3 | 40.0% | 0.250 ± 0.010 | 1 | - | - | - | - |" in text
+    assert "| no_filter < basic_filter | ordering | +0.050 | 0.020 | 3/3 | yes |" in text
+    assert "Spearman ρ vs the paper's medium Avg (38), 3 baselines: **1.00**" in text and "12 s" in text
+    res = tmp_path / "RESULTS.md"
+    res.write_text("# Benchmark results\n\nold section\n")
+    fid.record(res, datetime(2026, 12, 1, 19, 30, tzinfo=timezone.utc), fid.machine_line((1, 2, 3), (1, 1, 1)), text)
+    out = res.read_text()
+    assert out.startswith("# Benchmark results\n\nold section\n\n## Fidelity")
+    assert "2026-12-01 19:30 UTC" in out and "nproc" in out and "1.0/2.0/3.0 at the start" in out and text in out
