@@ -44,16 +44,25 @@ class Scale:
         return self.samples_seen // self.batch_size
 
 
+def _scale_table() -> dict[str, Any]:
+    """The scales of scales.yaml (top-level mappings with samples_seen; other keys are shared
+    definitions such as ``score_scales``)."""
+    return {k: v for k, v in _load_yaml("scales.yaml").items() if isinstance(v, dict) and "samples_seen" in v}
+
+
 def scale_names() -> list[str]:
-    return list(_load_yaml("scales.yaml"))
+    return list(_scale_table())
 
 
 def load_scale(name: str) -> Scale:
-    table = _load_yaml("scales.yaml")
+    table = _scale_table()
     if name not in table:
         raise ConfigError(f"unknown scale '{name}' (known: {', '.join(table)})")
     d = dict(table[name])
-    return Scale(name=name, **d)
+    try:
+        return Scale(name=name, **d)
+    except TypeError as e:
+        raise ConfigError(f"scales.yaml: scale '{name}' has a bad field: {e}") from None
 
 
 def model_config_path(model: str) -> Path | None:

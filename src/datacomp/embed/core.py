@@ -49,6 +49,60 @@ def _encode(fn, batches) -> np.ndarray:
     return x.numpy().astype(np.float32)
 
 
+def apply_score_scale(x: np.ndarray, scale: dict[str, float] | None, side: str) -> np.ndarray:
+    """Unit embeddings with a modality gap: ``[sqrt(a) x, sqrt(1-a) u]`` with 2-d unit vectors
+    u_img = (1, 0), u_txt = (c, sqrt(1-c^2)), so every pair's cosine becomes ``a cos + (1-a) c``
+    (an affine map of the teacher's score onto OpenAI CLIP's scale; see ``score_scale``) and
+    every row stays unit-norm. Image-image cosines become ``a cos + (1-a)``: neighbours unchanged.
+    ``scale`` None: ``x`` unchanged."""
+    if not scale:
+        return x
+    a, c = float(scale["a"]), float(scale["c"])
+    u = (1.0, 0.0) if side == "img" else (c, float(np.sqrt(max(0.0, 1.0 - c * c))))
+    out = np.empty((x.shape[0], x.shape[1] + 2), np.float32)
+    out[:, :-2] = np.sqrt(a) * x
+    out[:, -2:] = np.sqrt(1.0 - a) * np.asarray(u, np.float32)
+    zero = ~np.any(x != 0, axis=1)  # a missing image stays a zero vector
+    out[zero] = 0.0
+    return out
+
+
+A_MAX = 0.95  # the least shrink of a fitted score scale
+
+
+def fit_score_scale(raw: np.ndarray, english: np.ndarray, anchors: list[dict[str, Any]]) -> dict[str, Any]:
+    """(a, c) of :func:`apply_score_scale` from two anchors ``{keep, score, english}``: the raw
+    threshold that keeps the fraction ``keep`` of the sample's rows (counting only rows whose
+    caption is English when ``english``) is mapped to ``score``. Rows with NaN (no image) count in
+    the denominator and never pass, as in the filters."""
+    if len(anchors) != 2:
+        raise ValueError("score_scale needs exactly two anchors")
+    pts = []
+    ok = np.isfinite(raw)
+    for an in anchors:
+        mask = ok & (english if an.get("english") else True)
+        vals = np.sort(raw[mask])[::-1]
+        k = int(round(float(an["keep"]) * len(raw)))
+        if not 1 <= k <= len(vals):
+            raise ValueError(f"score_scale anchor keep={an['keep']} is not reachable on {len(vals)} of {len(raw)} rows")
+        pts.append((float(vals[k - 1]), float(an["score"])))
+    (r1, s1), (r2, s2) = pts
+    if abs(r1 - r2) < 1e-6:
+        raise ValueError("score_scale anchors fall on the same raw score")
+    a = (s1 - s2) / (r1 - r2)
+    b = s1 - a * r1
+    clamped = False
+    if not (0 < a <= A_MAX and abs(b) <= 1 - a):
+        # a weak teacher whose scores spread less than CLIP's: keep the first anchor exactly with
+        # the largest slope a gap allows (the second anchor is then missed; recorded)
+        a = 0.999 * min(A_MAX, (1 - s1) / max(1e-6, 1 - r1), (1 + s1) / max(1e-6, 1 + r1))
+        b, clamped = s1 - a * r1, True
+    if not 0 < a < 1 or not -1 <= b / (1 - a) <= 1:
+        raise ValueError(f"score_scale fit a={a:.3f}, b={b:.3f} is not a modality gap (needs 0 < a < 1, |b| <= 1 - a)")
+    return {"a": round(a, 6), "c": round(b / (1 - a), 6), "b": round(b, 6), "clamped": clamped,
+            "anchors": [{"raw": round(r, 4), **an} for (r, _), an in zip(pts, anchors)], "sample_rows": int(len(raw))}
+
+
 def embed_images(model: str, checkpoint: str | None, images: list[Any], batch_size: int = 256,
                  threads: int = 1) -> np.ndarray:
     """L2-normalised float32 image embeddings ``[len(images), dim]`` of PIL images with one model
@@ -65,8 +119,10 @@ def embed_images(model: str, checkpoint: str | None, images: list[Any], batch_si
     return _encode(m.encode_image, (pix[i:i + batch_size] for i in range(0, len(images), batch_size)))
 
 
-def embed_shard(parquet: str, tar: str, specs: list[dict[str, Any]], batch_size: int = 256, threads: int = 1) -> dict[str, Any]:
-    """Embed one metadata parquet + shard tar with every model in ``specs`` ({keys, model, checkpoint})."""
+def embed_shard(parquet: str, tar: str, specs: list[dict[str, Any]], batch_size: int = 256, threads: int = 1,
+                write: bool = True) -> dict[str, Any]:
+    """Embed one metadata parquet + shard tar with every model in ``specs`` ({keys, model, checkpoint,
+    score_scale}); ``write=False`` writes nothing and returns the scores and texts instead."""
     import torch
     from PIL import Image
 
@@ -136,6 +192,10 @@ def embed_shard(parquet: str, tar: str, specs: list[dict[str, Any]], batch_size:
         if img is not None:
             for vec, rows in zip(img, image_rows):
                 img_full[rows] = vec
+        img_full = apply_score_scale(img_full, spec.get("score_scale"), "img")
+        if n:
+            txt = apply_score_scale(txt, spec.get("score_scale"), "txt")
+        dim = img_full.shape[1]
         score = np.einsum("ij,ij->i", img_full, txt if n else np.zeros((0, dim), np.float32)).astype(np.float32)
         score[~present] = np.nan
         for k in spec["keys"]:
@@ -143,6 +203,8 @@ def embed_shard(parquet: str, tar: str, specs: list[dict[str, Any]], batch_size:
             arrays[f"{k}_txt"] = (txt if n else np.zeros((0, dim), np.float32)).astype(np.float16)
             scores[k] = score
             dims[k] = dim
+    if not write:
+        return {"scores": scores, "texts": texts, "present": present}
     write_npz(npz_path(parquet), arrays)
     for k, sc in scores.items():
         col = score_column(k)

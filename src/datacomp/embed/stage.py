@@ -32,7 +32,7 @@ from ..formats.manifest import (Manifest, check_reusable, clear_markers, manifes
                                 read_manifest, read_marker, write_manifest)
 from ..formats.pool import list_parquets, parquet_num_rows, require_pool_dir
 from ..train import launch, models
-from .core import embed_images, embed_shard, score_column
+from .core import apply_score_scale, embed_images, embed_shard, fit_score_scale, score_column
 
 if TYPE_CHECKING:
     from ..pool.synth.targets import TargetSpec
@@ -117,10 +117,13 @@ def train_teacher(pool: Path, s: Scale, key: str, seed: int = 0, overwrite: bool
     except OSError:
         shutil.copyfile(run_model / models.WEIGHTS_NAME, tmp)
     os.replace(tmp, weights)
+    anchors = s.teachers[key].get("score_scale")
     info = {"key": key, "model": ts.model, "samples_seen": ts.samples_seen, "batch_size": ts.batch_size, "lr": ts.lr,
             "warmup": ts.warmup, "seed": seed, "train_s": man.timings.get("train_s"), "cpu_s": man.timings.get("cpu_s"), "final_loss": man.extra.get("final_loss"),
             "samples_per_s": man.extra.get("samples_per_s"), "checkpoint": man.extra.get("checkpoint"),
             "run_manifest": manifest_digest(dest / "run")}
+    if anchors:
+        info["score_scale"] = calibrate_score_scale(pool, key, f"{models.LOCAL_DIR}{dest.resolve()}", anchors)
     write_json(dest / "teacher.json", info)
     log.info("embed: teacher %s (%s) ready in %.1fs", key, ts.model, time.time() - t0)
     return info
@@ -168,6 +171,7 @@ def write_targets(pool: Path, spec: TargetSpec, model: str, checkpoint: str | No
     t0 = time.time()
     tg = render_targets(spec)
     emb = embed_images(model, checkpoint, tg.images, batch_size, threads).astype(np.float32)
+    emb = apply_score_scale(emb, ident.get("score_scale") if isinstance(ident, dict) else None, "img")
     if emb.shape[0] != spec.n or not np.isfinite(emb).all():
         raise InputError(f"{model}: target embeddings have shape {emb.shape} or non-finite values (expected {spec.n} rows)")
     path = targets_path(pool)
@@ -177,12 +181,12 @@ def write_targets(pool: Path, spec: TargetSpec, model: str, checkpoint: str | No
     rec = {"path": str(path.relative_to(pool)), "key": TARGETS_KEY, "n": int(emb.shape[0]), "dim": int(emb.shape[1]),
            "dtype": "float32", "l2_normalised": True, "sha256": _file_sha256(path), "spec": spec.to_json(),
            "model": ident, "seed": spec.seed, "stream": spec.stream, "per_concept": spec.per_concept,
-           "concepts": world.names, "row_concept": "row i shows concepts[i % len(concepts)]",
+           "concepts": world.task_names, "row_concept": "row i shows concepts[i % len(concepts)] (the task concepts)",
            "what": "fresh normal-style renders of the synth/concepts concepts (the ImageNet-1k train analogue), "
                    "none equal to an eval test image",
            "eval_collisions_rerendered": tg.rerendered, "seconds": round(time.time() - t0, 2)}
     write_json(path.with_suffix(".json"), rec)
-    log.info("embed: %d target images (%d concepts x %d) -> %s in %.1fs", rec["n"], spec.n_concepts, spec.per_concept,
+    log.info("embed: %d target images (%d concepts x %d) -> %s in %.1fs", rec["n"], len(world.task_ids), spec.per_concept,
              path, rec["seconds"])
     return rec
 
@@ -207,7 +211,29 @@ def _embed_unit(kind: str, *args: Any) -> dict[str, Any]:
 
 
 def _teacher_ident(info: dict[str, Any]) -> dict[str, Any]:
-    return {"teacher": info.get("key", TARGETS_KEY), "arch": info.get("model"), "run_manifest": info.get("run_manifest")}
+    return {"teacher": info.get("key", TARGETS_KEY), "arch": info.get("model"), "run_manifest": info.get("run_manifest"),
+            "score_scale": info.get("score_scale")}
+
+
+def calibrate_score_scale(pool: Path, key: str, model: str, anchors: list[dict[str, Any]]) -> dict[str, Any]:
+    """Fit the teacher's score scale (:func:`datacomp.embed.core.fit_score_scale`) on the pool's
+    first shard: its raw cosines, and CLD3's language of each caption for English anchors."""
+    from ..filters.ops.language import cld3_detector
+
+    parquets = list_parquets(pool)
+    if not parquets:
+        raise InputError(f"{pool / 'metadata'}: no parquet to calibrate teacher '{key}' on")
+    p = parquets[0]
+    out = embed_shard(str(p), str(pool / "shards" / (p.stem + ".tar")), [{"keys": [key], "model": model, "checkpoint": None}],
+                      threads=launch._cpu_count(), write=False)
+    det = cld3_detector(0, 1000)
+    english = np.array([det.FindLanguage(t).language == "en" for t in out["texts"]])
+    try:
+        fit = fit_score_scale(out["scores"][key], english, anchors)
+    except ValueError as e:
+        raise ConfigError(f"{p}: teacher '{key}': {e}") from None
+    log.info("embed: teacher %s score scale a=%.3f b=%.3f (fitted on %s)", key, fit["a"], fit["b"], p.name)
+    return {**fit, "fitted_on": p.name}
 
 
 def _ckpt_identity(checkpoint: str | None) -> str | None:
@@ -265,7 +291,8 @@ def embed(
         tscales = {k: teacher_scale(s, k) for k in keys}
         params: dict[str, Any] = {"mode": "teacher", "scale": s.name, "seed": seed, "pool": pool_id,
                                   "keys": {k: {"model": ts.model, "samples_seen": ts.samples_seen, "batch_size": ts.batch_size,
-                                               "lr": ts.lr, "warmup": ts.warmup} for k, ts in tscales.items()}}
+                                               "lr": ts.lr, "warmup": ts.warmup, "score_scale": s.teachers[k].get("score_scale")}
+                                           for k, ts in tscales.items()}}
     else:
         ckpt = str(checkpoint) if checkpoint is not None else None
         params = {"mode": "model", "pool": pool_id,
@@ -310,7 +337,8 @@ def embed(
             info = train_teacher(pool, s, k, seed=seed, overwrite=overwrite)
             timings[f"teacher_{k}_s"] = round(time.time() - t1, 2)
             tdir = teacher_dir(pool, k)
-            specs.append({"keys": [k], "model": f"{models.LOCAL_DIR}{tdir.resolve()}", "checkpoint": None})
+            specs.append({"keys": [k], "model": f"{models.LOCAL_DIR}{tdir.resolve()}", "checkpoint": None,
+                          "score_scale": info.get("score_scale")})
             records[k] = {"model": str(tdir), "checkpoint": str(tdir / models.WEIGHTS_NAME), "arch": info["model"],
                           "teacher": info}
     else:

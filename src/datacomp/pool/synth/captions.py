@@ -60,7 +60,7 @@ def _bg_phrase(scene: Scene, world: World, rng: random.Random) -> str:
 def english(scene: Scene, world: World, rng: random.Random) -> str:
     """A fluent English alt-text describing ``scene``."""
     lang = world.language
-    np_ = english_np(scene, world, rng, colour=rng.random() < 0.92)
+    np_ = english_np(scene, world, rng, colour=rng.random() < float(lang["colour_rate"]))
     tmpl = rng.choice(lang["english_templates"])
     pos = position_phrase(world, scene.position)
     if scene.position == "center" and rng.random() < 0.6:
@@ -137,6 +137,15 @@ def junk(scene: Scene, world: World, rng: random.Random, kind: str) -> str:
     raise ValueError(f"unknown junk kind {kind!r}")
 
 
+def boilerplate(world: World, rng: random.Random) -> str:
+    """English web boilerplate unrelated to the image (no ImageNet-21k noun; see language.yaml)."""
+    B = world.language["boilerplate"]
+    t = rng.choice(B["templates"])
+    t = t.replace("{month}", rng.choice(B["months"])).replace("{year}", str(rng.randint(2008, 2023)))
+    t = t.replace("{n1}", str(rng.randint(3, 9)))
+    return _fill_digits(t, rng)
+
+
 def caption_for(kind: str, scene: Scene, world: World, rng: random.Random, noise: dict[str, Any],
                 other: Scene | None = None) -> tuple[str, dict[str, Any]]:
     """Caption of ``kind`` for ``scene``; returns (text, truth fields)."""
@@ -150,6 +159,8 @@ def caption_for(kind: str, scene: Scene, world: World, rng: random.Random, noise
     if kind == "foreign":
         lang = pick(rng, noise["foreign_languages"])
         return foreign(scene, world, rng, lang), {"caption_concept": scene.concept, "lang": lang}
+    if kind == "boilerplate":
+        return boilerplate(world, rng), {"caption_concept": -1, "lang": "en"}
     if kind == "junk":
         jk = pick(rng, noise["junk_kinds"])
         return junk(scene, world, rng, jk), {"caption_concept": scene.concept if jk == "fragment" else -1,

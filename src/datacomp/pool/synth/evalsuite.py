@@ -96,7 +96,7 @@ def task_sizes(world_cfg: dict[str, Any]) -> tuple[tuple[str, int], ...]:
 
 def classnames(task: Task, world: World) -> list[str] | None:
     if task.key.startswith("synth/concepts"):
-        return world.names
+        return world.task_names
     if task.key == "synth/count":
         return [count_object_phrase(c) for c in COUNT_CLASSES]
     if task.key == "synth/position":
@@ -131,16 +131,16 @@ def eval_item(seed: int, task_key: str, idx: int, world: World, noise: dict[str,
     captions = None
     metadata = None
     if task.key == "synth/concepts_longtail":
-        label = longtail_label(idx, world.n)
-        scene = sample_scene(rng, world, noise, concept=label)
+        label = longtail_label(idx, len(world.task_ids))
+        scene = sample_scene(rng, world, noise, concept=world.task_ids[label])
     elif task.key == "synth/concepts_groups":
-        label = idx % world.n
-        group = (idx // world.n) % len(BACKGROUND_GROUPS)
-        scene = sample_scene(rng, world, noise, concept=label, background=BACKGROUND_GROUPS[group])
+        label = idx % len(world.task_ids)
+        group = (idx // len(world.task_ids)) % len(BACKGROUND_GROUPS)
+        scene = sample_scene(rng, world, noise, concept=world.task_ids[label], background=BACKGROUND_GROUPS[group])
         metadata = {"background": group}
     elif task.key.startswith("synth/concepts"):
-        label = idx % world.n
-        scene = sample_scene(rng, world, noise, concept=label)
+        label = idx % len(world.task_ids)
+        scene = sample_scene(rng, world, noise, concept=world.task_ids[label])
     elif task.key == "synth/count":
         label = idx % len(COUNT_CLASSES)
         scene = sample_scene(rng, world, noise, count=COUNT_CLASSES[label])

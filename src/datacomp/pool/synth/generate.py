@@ -197,7 +197,7 @@ def _record(key: str, url: str, text: str, row: Row, sha: str, uid: str) -> dict
             "original_height": row.original_height, "sha256": sha, "uid": uid}
 
 
-NOISE_TAGS = {"mismatched": "mismatched_caption", "foreign": "foreign_caption", "junk": "junk_caption",
+NOISE_TAGS = {"mismatched": "mismatched_caption", "boilerplate": "boilerplate_caption", "foreign": "foreign_caption", "junk": "junk_caption",
               "tiny": "tiny_image", "banner": "banner_image", "textonly": "text_image"}
 
 

@@ -68,10 +68,18 @@ def pick_backgrounds(rng: random.Random, world: World, colour: str) -> tuple[str
     return first, second
 
 
+def concept_colour(rng: random.Random, world: World, concept: int, noise: dict[str, Any]) -> str:
+    """The concept's typical colour with probability ``noise['concept_colour']``, else another colour."""
+    typical = world.concepts[concept].colour
+    if rng.random() < float(noise["concept_colour"]):
+        return typical
+    return rng.choice([c for c in world.colours if c != typical])
+
+
 def sample_scene(rng: random.Random, world: World, noise: dict[str, Any], **fixed: Any) -> Scene:
     """Draw a scene; keyword arguments pin attributes (concept=, count=, position=, ...)."""
     concept = fixed.get("concept", rng.randrange(world.n))
-    colour = fixed.get("colour", rng.choice(list(world.colours)))
+    colour = fixed.get("colour") or concept_colour(rng, world, concept, noise)
     count = fixed.get("count", int(pick(rng, noise["count_probs"])))
     size = fixed.get("size", pick(rng, noise["size_probs"]))
     position = fixed.get("position", pick(rng, noise["position_probs"]))
@@ -82,9 +90,10 @@ def sample_scene(rng: random.Random, world: World, noise: dict[str, Any], **fixe
 
 
 def perturb_concept(rng: random.Random, world: World, scene: Scene, keep_colour: bool) -> Scene:
-    """Another scene about a different concept (for mismatched captions)."""
+    """Another scene about a different concept (for mismatched captions): in the image's colour
+    (``keep_colour``, a hard mismatch only the shape gives away) or in the other concept's typical one."""
     other = rng.randrange(world.n - 1)
     other += other >= scene.concept
-    colour = scene.colour if keep_colour else rng.choice([c for c in world.colours if c != scene.colour])
+    colour = scene.colour if keep_colour else world.concepts[other].colour
     return replace(scene, concept=other, colour=colour, count=rng.choice((1, 1, 2, 3)),
                    position=rng.choice(POSITIONS))

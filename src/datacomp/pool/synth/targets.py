@@ -44,7 +44,7 @@ class TargetSpec:
 
     @property
     def n(self) -> int:
-        return self.n_concepts * self.per_concept
+        return len(load_world(self.n_concepts).task_ids) * self.per_concept
 
     def to_json(self) -> dict[str, Any]:
         """The identity of the renders (recorded with the embeddings; a change means re-render)."""
@@ -73,10 +73,11 @@ def world_spec(pool: str | Path, per_concept: int | None = None) -> TargetSpec |
 
 def target_render(seed: int, world: World, noise: dict[str, Any], i: int, stream: str = STREAM,
                   attempt: int = 0) -> tuple[Scene, bytes]:
-    """Target ``i`` (concept ``i % world.n``): its scene and JPEG bytes; a pure function of the arguments."""
+    """Target ``i`` (task concept ``world.task_ids[i % len(world.task_ids)]``): its scene and JPEG bytes;
+    a pure function of the arguments."""
     name = stream if attempt == 0 else f"{stream}-retry{attempt}"
     rs = make_rng(seed, f"{name}-scene", i)
-    scene = sample_scene(rs, world, noise, concept=i % world.n)
+    scene = sample_scene(rs, world, noise, concept=world.task_ids[i % len(world.task_ids)])
     (w, h), _ = normal_geometry(rs)
     return scene, encode_jpeg(render_scene(scene, world, w, h), QUALITY)
 

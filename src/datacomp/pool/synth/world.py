@@ -26,7 +26,9 @@ class Concept:
     plural: str
     shape: str
     mark: str
+    colour: str     # typical colour (drawn with probability noise['concept_colour'])
     tr: dict[str, tuple[str, str]]  # language -> (indefinite singular, plural)
+    task: bool = True  # a class of the ImageNet-analogue tasks (else a web-only concept)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,15 @@ class World:
     def names(self) -> list[str]:
         return [c.name for c in self.concepts]
 
+    @property
+    def task_ids(self) -> tuple[int, ...]:
+        """Concept ids of the ImageNet-analogue tasks' classes (class k is concept task_ids[k])."""
+        return tuple(c.id for c in self.concepts if c.task)
+
+    @property
+    def task_names(self) -> list[str]:
+        return [self.concepts[i].name for i in self.task_ids]
+
 
 def _load(name: str) -> Any:
     path = resource_path(*WORLD_DIR, name)
@@ -58,15 +69,19 @@ def _load(name: str) -> Any:
 def all_concepts() -> tuple[Concept, ...]:
     d = _load("concepts.yaml")
     shapes, marks = set(d["shapes"]), set(d["marks"])
+    colours = set(_load("language.yaml")["colours"])
     out, seen, looks = [], set(), set()
     for i, c in enumerate(d["concepts"]):
         if c["shape"] not in shapes or c["mark"] not in marks:
             raise ConfigError(f"concepts.yaml: concept {c['name']!r} has an unknown shape or mark")
+        if c.get("colour") not in colours:
+            raise ConfigError(f"concepts.yaml: concept {c['name']!r} has no colour or an unknown one ({c.get('colour')!r})")
         if c["name"] in seen or (c["shape"], c["mark"]) in looks:
             raise ConfigError(f"concepts.yaml: concept {c['name']!r} repeats a name or a (shape, mark) pair")
         seen.add(c["name"])
         looks.add((c["shape"], c["mark"]))
-        out.append(Concept(i, c["name"], c["plural"], c["shape"], c["mark"], {k: tuple(v) for k, v in c["tr"].items()}))
+        out.append(Concept(i, c["name"], c["plural"], c["shape"], c["mark"], c["colour"], {k: tuple(v) for k, v in c["tr"].items()},
+                           bool(c.get("task", True))))
     return tuple(out)
 
 
@@ -75,6 +90,8 @@ def load_world(n_concepts: int) -> World:
     concepts = all_concepts()
     if not 2 <= n_concepts <= len(concepts):
         raise ConfigError(f"world.concepts must be between 2 and {len(concepts)}, got {n_concepts}")
+    if sum(c.task for c in concepts[:n_concepts]) < 2:
+        raise ConfigError(f"world.concepts {n_concepts}: fewer than 2 of them are task concepts")
     lang = _load("language.yaml")
     return World(
         concepts=concepts[:n_concepts],
@@ -101,7 +118,7 @@ def validate_noise(cfg: dict[str, Any]) -> None:
         total = sum(float(v) for v in rates.values())
         if abs(total - 1.0) > 1e-6 or any(float(v) < 0 for v in rates.values()):
             raise ConfigError(f"noise.yaml: rates of '{group}' must be >= 0 and sum to 1 (sum {total:.4f})")
-    for key in ("duplicates", "eval_copies", "duplicate_same_caption", "mismatch_keep_colour"):
+    for key in ("duplicates", "eval_copies", "duplicate_same_caption", "mismatch_keep_colour", "concept_colour"):
         v = float(cfg.get(key, -1))
         if not 0 <= v <= 0.5 and key in ("duplicates", "eval_copies"):
             raise ConfigError(f"noise.yaml: '{key}' must be in [0, 0.5], got {v}")
