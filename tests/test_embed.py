@@ -186,3 +186,51 @@ def test_embed_world_pool_writes_targets_and_resumes(tmp_path: Path, random_mode
     (pool / "evalsets" / "eval_sha256.json").unlink()
     with pytest.raises(InputError, match=r"eval_sha256\.json: eval image digests do not exist"):
         embed(pool, **kw)
+
+
+# ---- the teachers' score scale (a modality gap fitted to CommonPool's statistics) ----------------
+
+def test_score_scale_is_an_exact_affine_map_of_the_cosine():
+    from datacomp.embed.core import apply_score_scale
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(50, 8)).astype(np.float32)
+    txt = rng.normal(size=(50, 8)).astype(np.float32)
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    img[3] = 0  # a missing image stays a zero row
+    sc = {"a": 0.3, "c": 0.2}
+    i2, t2 = apply_score_scale(img, sc, "img"), apply_score_scale(txt, sc, "txt")
+    assert i2.shape == (50, 10)
+    cos = np.einsum("ij,ij->i", img, txt)
+    ok = np.arange(50) != 3
+    np.testing.assert_allclose(np.einsum("ij,ij->i", i2, t2)[ok], 0.3 * cos[ok] + 0.7 * 0.2, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(i2[ok], axis=1), 1, atol=1e-6)
+    assert not i2[3].any()
+    # image-image similarities keep their order (the image-based filter's clusters)
+    ii, ii2 = img[ok] @ img[ok].T, i2[ok] @ i2[ok].T
+    np.testing.assert_allclose(ii2, 0.3 * ii + 0.7, atol=1e-6)
+    assert apply_score_scale(img, None, "img") is img
+
+
+def test_fit_score_scale_hits_both_anchors():
+    from datacomp.embed.core import fit_score_scale
+
+    rng = np.random.default_rng(1)
+    raw = rng.uniform(-0.2, 0.9, 4000)
+    raw[:100] = np.nan  # rows without an image never pass
+    english = rng.random(4000) < 0.4
+    anchors = [{"keep": 0.10, "score": 0.28, "english": True}, {"keep": 0.5, "score": 0.247}]
+    fit = fit_score_scale(raw, english, anchors)
+    assert not fit["clamped"] and 0 < fit["a"] < 1
+    score = fit["a"] * raw + fit["b"]
+    assert abs(np.mean(english & (score >= 0.28 - 1e-9)) - 0.10) < 0.002
+    assert abs(np.mean(score >= 0.247 - 1e-9) - 0.5) < 0.002
+    # a teacher whose scores spread less than CLIP's: the first anchor holds, the fit is marked
+    narrow = 0.5 + 0.05 * (raw - 0.35)
+    fit2 = fit_score_scale(narrow, english, anchors)
+    assert fit2["clamped"]
+    s2 = fit2["a"] * narrow + fit2["b"]
+    assert abs(np.mean(english & (s2 >= 0.28 - 1e-9)) - 0.10) < 0.002
+    with pytest.raises(ValueError, match="not reachable"):
+        fit_score_scale(raw, np.zeros(4000, bool), anchors)

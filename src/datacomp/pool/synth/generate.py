@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 from ...formats.atomic import atomic_path
 from ...formats.pool import POOL_SCHEMA, write_metadata
 from ...formats.shards import ShardWriter, sample_key
-from .captions import caption_for, english
+from .captions import boilerplate, caption_for, english, junk
 from .evalsuite import eval_item, task_sizes
 from .noise import Plan, cached_plan, noise_key
 from .render import decode, encode_jpeg, render_banner, render_scene, render_text, shifted_copy
-from .scene import Scene, make_rng, perturb_concept, sample_scene, stream_seed
+from .scene import Scene, make_rng, perturb_concept, pick, sample_scene, stream_seed
 from .world import World, load_world
 
 URL_ROOT = "https://img.synth.example"
@@ -267,6 +267,9 @@ TRUTH_SCHEMA = pa.schema([
 
 # ---- curated ------------------------------------------------------------------------------------
 
+UNINFORMATIVE_JUNK = {"filename": 0.5, "phrase": 0.3, "number": 0.2}  # junk that names no concept
+
+
 @lru_cache(maxsize=2)
 def _eval_shas(path: str) -> frozenset[str]:
     d = json.loads(Path(path).read_text())
@@ -280,6 +283,11 @@ def curated_row(seed: int, world: World, noise: dict[str, Any], i: int, attempt:
     scene = sample_scene(rs, world, noise)
     (w, h), (ow, oh) = normal_geometry(rs)
     img = render_scene(scene, world, w, h)
+    if rc.random() < float(noise.get("curated_uninformative", 0.0)):
+        # web data too: text that describes nothing, so the teachers learn it matches no image
+        kind = "boilerplate" if rc.random() < 0.5 else "junk"
+        text = boilerplate(world, rc) if kind == "boilerplate" else junk(scene, world, rc, pick(rc, UNINFORMATIVE_JUNK))
+        return Row(text, encode_jpeg(img, QUALITY), w, h, ow, oh, scene, {"caption_kind": kind, "image_kind": "normal"})
     return Row(english(scene, world, rc), encode_jpeg(img, QUALITY), w, h, ow, oh, scene,
                {"caption_kind": "english", "image_kind": "normal"})
 
