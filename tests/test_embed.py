@@ -134,15 +134,19 @@ def test_embed_teachers(tmp_path: Path) -> None:
     teachers = {k: dict(v, samples_seen=64, batch_size=32, warmup=1) for k, v in base.teachers.items()}
     s = Scale(**{**base.__dict__, "teachers": teachers})
     m = embed(pool, scale=s, workers=1)
-    for key, dim in (("b32", 64), ("l14", 96)):
+    for key, dim in (("b32", 64), ("l14", 96)):  # + 2: the score scale's modality gap
         tdir = pool / "teachers" / key
         assert (tdir / "open_clip_config.json").is_file() and (tdir / WEIGHTS_NAME).is_file()
-        assert m.extra["models"][key]["dim"] == dim
+        assert m.extra["models"][key]["dim"] == dim + 2
+        assert 0 < m.extra["models"][key]["teacher"]["score_scale"]["a"] < 1
         open_clip.create_model_and_transforms(f"local-dir:{tdir}")
     z = read_npz(pool / "metadata" / "00000000.npz", ["b32_img", "b32_txt", "l14_img", "l14_txt"], expected_rows=32)
-    assert z["l14_img"].shape == (32, 96)
+    assert z["l14_img"].shape == (32, 98)
     t = read_metadata(pool / "metadata" / "00000000.parquet")
-    assert not np.isnan(t.column("clip_l14_similarity_score").to_numpy()).any()
+    score = t.column("clip_l14_similarity_score").to_numpy()
+    assert not np.isnan(score).any()
+    dot = np.einsum("ij,ij->i", z["l14_img"].astype(np.float32), z["l14_txt"].astype(np.float32))
+    np.testing.assert_allclose(score, dot, atol=2e-3)  # the score is the npz embeddings' cosine
     assert json.loads((pool / "teachers" / "b32" / "teacher.json").read_text())["model"] == "synth-teacher-s"
     assert not (pool / "targets").exists()  # a pool that is not an embedded world gets no targets
 
