@@ -163,12 +163,13 @@ def test_embed_world_pool_writes_targets_and_resumes(tmp_path: Path, random_mode
     m = embed(pool, **kw)
     path = pool / "targets" / "l14_img.npy"
     x = np.load(path, allow_pickle=False)
-    assert x.dtype == np.float32 and x.shape == (12 * 50, 64)  # default 50 per concept
+    n = len(load_world(12).task_ids) * 50  # default 50 per task concept
+    assert x.dtype == np.float32 and x.shape == (n, 64)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
     rec = m.extra["targets"]
     assert json.loads(path.with_suffix(".json").read_text()) == rec
-    assert rec["model"] == m.params["keys"]["l14"] and rec["concepts"] == load_world(12).names
-    assert (rec["n"], rec["stream"], rec["seed"]) == (600, "targets", 0)
+    assert rec["model"] == m.params["keys"]["l14"] and rec["concepts"] == load_world(12).task_names
+    assert (rec["n"], rec["stream"], rec["seed"]) == (n, "targets", 0)
     tg = render_targets(world_spec(pool))
     np.testing.assert_allclose(embed_images(kw["model"], str(kw["checkpoint"].resolve()), tg.images), x, atol=1e-5)
     data, mtime = path.read_bytes(), path.stat().st_mtime_ns

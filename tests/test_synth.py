@@ -141,7 +141,7 @@ def test_image_sizes_follow_kinds(pool):
 
 
 def test_evalsets_layout(pool):
-    world = load_world(12)
+    world = load_world(load_scale("synth_test").world["concepts"])
     tasks = json.loads((pool / "evalsets" / "tasks.json").read_text())
     assert set(tasks) == {t.key for t in TASKS}
     for t in TASKS:
@@ -238,9 +238,10 @@ def test_curated_shares_no_image_with_evalsets(pool):
 def test_targets_are_balanced_fresh_renders_not_eval_images(pool, tmp_path):
     """The image-based filter's targets: every concept equally often, their own stream, no eval image."""
     spec = world_spec(pool, per_concept=4)
-    assert (spec.seed, spec.n_concepts, spec.n, spec.stream) == (0, 12, 48, "targets")
+    task = load_world(18).task_ids
+    assert (spec.seed, spec.n_concepts, spec.n, spec.stream) == (0, 18, 48, "targets")
     tg = render_targets(spec)
-    assert tg.concepts == [i % 12 for i in range(48)] and len(tg.images) == 48
+    assert tg.concepts == [task[i % 12] for i in range(48)] and len(tg.images) == 48
     assert len(set(tg.sha256)) == 48
     eval_shas = {s for v in json.loads((pool / "evalsets" / "eval_sha256.json").read_text()).values() for s in v}
     curated = {hashlib.sha256(s.files["jpg"]).hexdigest() for t in list_shards(pool / "curated") for s in iter_samples(t)}
