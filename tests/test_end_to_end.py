@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from datacomp.config import load_scale
+from datacomp.embed.core import apply_score_scale
 from datacomp.evaluate.registry import get_task
 from datacomp.filters import run_filter
 from datacomp.formats.pool import list_parquets, read_npz
@@ -118,7 +119,9 @@ def test_targets_for_the_image_based_filter(loop):
     eval_shas = {s for v in json.loads((pool / "evalsets" / "eval_sha256.json").read_text()).values() for s in v}
     assert not set(tg.sha256) & eval_shas and tg.concepts == [task[i % len(task)] for i in range(n)]
     again = embed_images(f"local-dir:{(pool / 'teachers' / 'l14').resolve()}", None, tg.images)
-    np.testing.assert_allclose(again, x, atol=1e-5)
+    scale = rec["model"]["score_scale"]  # the teacher's fitted score scale (modality gap), as the pool's l14_img
+    assert scale and 0 < scale["a"] < 1
+    np.testing.assert_allclose(apply_score_scale(again, scale, "img"), x, atol=1e-5)
     # in the pool's embedding space: a target's nearest clean pool image shows its concept more often
     # than chance (1/12; the small teacher gets ~0.2)
     truth = _truth(pool)
