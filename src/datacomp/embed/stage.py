@@ -27,7 +27,7 @@ import numpy as np
 from ..config import Scale, load_scale
 from ..errors import ConfigError, InputError
 from ..executors import Unit, run_units
-from ..formats.atomic import atomic_path, write_json
+from ..formats.atomic import atomic_path, file_sha256, write_json
 from ..formats.manifest import (Manifest, check_reusable, clear_markers, manifest_digest, mark_done, marker_path,
                                 read_manifest, read_marker, write_manifest)
 from ..formats.pool import list_parquets, parquet_num_rows, require_pool_dir
@@ -133,13 +133,6 @@ def targets_path(pool: str | os.PathLike) -> Path:
     return Path(pool) / "targets" / f"{TARGETS_KEY}_img.npy"
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _targets_spec(pool: Path, s: Scale | None) -> TargetSpec | None:
     """The pool's target spec when it is an embedded world; the scale gives ``world.targets_per_concept``."""
@@ -158,7 +151,7 @@ def _targets_current(pool: Path, rec: dict[str, Any] | None, spec: TargetSpec, i
     if not isinstance(rec, dict) or rec.get("spec") != spec.to_json() or rec.get("model") != ident:
         return False
     path = targets_path(pool)
-    return path.is_file() and path.with_suffix(".json").is_file() and _file_sha256(path) == rec.get("sha256")
+    return path.is_file() and path.with_suffix(".json").is_file() and file_sha256(path) == rec.get("sha256")
 
 
 def write_targets(pool: Path, spec: TargetSpec, model: str, checkpoint: str | None, ident: dict[str, Any],
@@ -179,7 +172,7 @@ def write_targets(pool: Path, spec: TargetSpec, model: str, checkpoint: str | No
         np.save(tmp, emb, allow_pickle=False)
     world = load_world(spec.n_concepts)
     rec = {"path": str(path.relative_to(pool)), "key": TARGETS_KEY, "n": int(emb.shape[0]), "dim": int(emb.shape[1]),
-           "dtype": "float32", "l2_normalised": True, "sha256": _file_sha256(path), "spec": spec.to_json(),
+           "dtype": "float32", "l2_normalised": True, "sha256": file_sha256(path), "spec": spec.to_json(),
            "model": ident, "seed": spec.seed, "stream": spec.stream, "per_concept": spec.per_concept,
            "concepts": world.task_names, "row_concept": "row i shows concepts[i % len(concepts)] (the task concepts)",
            "what": "fresh normal-style renders of the synth/concepts concepts (the ImageNet-1k train analogue), "

@@ -1,7 +1,6 @@
 """The reshard stage (see the package docstring for the algorithm)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError, FormatError, InputError, StageConflictError
 from ..executors import Unit, run_units
-from ..formats.atomic import atomic_path, write_json
+from ..formats.atomic import atomic_path, file_sha256, write_json
 from ..formats.manifest import MANIFEST_NAME, Manifest, check_reusable, manifest_digest, write_manifest
 from ..formats.pool import one_array
 from ..formats.shards import SHARD_FORMAT, list_shards, read_stats
@@ -1046,13 +1045,6 @@ def _input_shards(pool: Path) -> list[Path]:
     return list_shards(d)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _our_files(out: Path) -> list[Path]:
     names = []
@@ -1108,7 +1100,7 @@ def reshard(
         "pool": str(pool.resolve()),
         "input_shards": [p.name for p in shards],
         "subset": str(subset.resolve()),
-        "subset_sha256": _sha256(subset),
+        "subset_sha256": file_sha256(subset),
         "shard_size": shard_size,
         "output_shard_format": SHARD_FORMAT,
     }
