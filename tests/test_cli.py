@@ -144,3 +144,16 @@ def test_console_script_exit_code(tmp_path):
                        capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.startswith("datacomp: error: ") and "Traceback" not in p.stderr
+
+
+def test_scale_table_holds_only_scales():
+    """scales.yaml also holds shared definitions (the teachers' score_scales): never a scale."""
+    from datacomp.config import load_scale, scale_names
+    from datacomp.errors import ConfigError
+
+    names = scale_names()
+    assert "score_scales" not in names and {"small", "synth_test", "synth_demo"} <= set(names)
+    with pytest.raises(ConfigError, match="unknown scale 'score_scales'"):
+        load_scale("score_scales")
+    demo = load_scale("synth_demo")
+    assert [a["score"] for a in demo.teachers["b32"]["score_scale"]] == [0.28, 0.247]
