@@ -7,7 +7,9 @@ Runs the whole loop (``datacomp run``, :func:`datacomp.run.run_seeds`) for the e
 baselines plus the two reference subsets, ``oracle`` (the world's clean pairs: the ceiling) and
 ``random_basic`` (random, basic_filter's size: the floor), on one world per seed, then prints:
 
-* per recipe: the keep fraction (subset / pool, mean over seeds), the suite average as mean ±
+* per recipe: the keep fraction (subset / pool, mean over seeds), what the subset is made of
+  according to the world's hidden truth (share of clean pairs, share of the pool's clean pairs
+  kept; mean over seeds), the suite average as mean ±
   sample std (ddof=1) over seeds, its rank among the recipes run (1 = best mean), and the
   paper's Avg (38) and rank at small and medium scale (``resources/published/table3.yaml``:
   Table 3; ``clip_score_b32_30`` from Tables 25/26);
@@ -150,6 +152,36 @@ def fidelity_rows(per_seed: dict[int, list[dict[str, Any]]], pool_size: int,
     return out
 
 
+def truth_composition(seed_dir: Path, recipe: str) -> dict[str, float] | None:
+    """What a seed's subset is made of, from the world's hidden truth (POOL/truth/): the share of
+    clean pairs in it and the share of the pool's clean pairs it keeps (None without truth)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from datacomp.formats.uids import read_subset, uids_to_pairs
+
+    truth = sorted((seed_dir / "pool" / "truth").glob("*.parquet"))
+    subset = seed_dir / "subsets" / f"{recipe}.npy"
+    if not truth or not subset.is_file():
+        return None
+    tables = [pq.read_table(p, columns=["uid", "clean"]) for p in truth]
+    uids = [u for t in tables for u in t.column("uid").to_pylist()]
+    clean = np.concatenate([t.column("clean").to_numpy(zero_copy_only=False) for t in tables]).astype(bool)
+    kept = np.isin(uids_to_pairs(uids), read_subset(subset, mmap=False))
+    if not kept.any():
+        return None
+    return {"clean_share": float(clean[kept].mean()), "clean_recall": float(kept[clean].mean()) if clean.any() else 0.0}
+
+
+def add_composition(rows: list[dict[str, Any]], seed_dirs: Sequence[Path]) -> None:
+    """Mean clean share / recall over the seeds into each row (keys absent where no truth)."""
+    for r in rows:
+        comp = [c for d in seed_dirs if (c := truth_composition(d, r["recipe"])) is not None]
+        if comp:
+            r["clean_share"] = sum(c["clean_share"] for c in comp) / len(comp)
+            r["clean_recall"] = sum(c["clean_recall"] for c in comp) / len(comp)
+
+
 def rank_correlations(per_seed: dict[int, list[dict[str, Any]]], published: dict[str, dict[str, float]],
                       baselines: Sequence[str] = BASELINES) -> dict[str, dict[str, Any]]:
     """Per paper scale: Spearman's rho of the baselines' mean averages, and of each seed's, against the paper's."""
@@ -198,13 +230,14 @@ def format_report(scale: str, seeds: Sequence[int], rows: list[dict[str, Any]], 
     """The report as Markdown (printed, and appended to RESULTS.md by --record)."""
     lines = [f"Scale `{scale}`, seeds {','.join(map(str, seeds))}; average = mean of the world's 9 task scores; "
              "± = sample std over seeds (ddof=1); rank 1 = best.", ""]
-    head = ["recipe", "seeds", "keep", "average", "rank"]
+    head = ["recipe", "seeds", "keep", "clean share", "clean recall", "average", "rank"]
     for s in corr:
         head += [f"paper {s} Avg(38)", f"paper {s} rank"]
     lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in sorted(rows, key=lambda r: (r.get("rank") is None, r.get("rank") or 0)):
         avg = _f(r["average"]) + ("" if r["average_std"] is None else f" ± {r['average_std']:.3f}")
-        cells = [r["recipe"], str(r["seeds"]), f"{100 * r['keep']:.1f}%", avg, _rank(r.get("rank"))]
+        comp = [f"{100 * r[k]:.0f}%" if k in r else "-" for k in ("clean_share", "clean_recall")]
+        cells = [r["recipe"], str(r["seeds"]), f"{100 * r['keep']:.1f}%", *comp, avg, _rank(r.get("rank"))]
         for s in corr:
             cells += [_f(r.get(f"paper_{s}")), _rank(r.get(f"paper_{s}_rank"))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -278,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fidelity: error: {e}", file=sys.stderr)
         return e.exit_code
     rows = fidelity_rows(res.per_seed, int(scale.pool_size), published)
+    from datacomp.run import seed_dir
+
+    add_composition(rows, [seed_dir(workdir, s, len(seeds)) for s in seeds])
     report = format_report(scale.name, seeds, rows, rank_correlations(res.per_seed, published),
                            gap_checks(res.per_seed), wall)
     print()

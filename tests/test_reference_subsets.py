@@ -130,3 +130,26 @@ def test_names():
     assert is_pseudo_recipe("oracle") and is_pseudo_recipe("random_basic") and not is_pseudo_recipe("basic_filter")
     with pytest.raises(ConfigError, match="unknown pseudo-recipe"):
         build_reference_subset("oracle2", "p", "o.npy")
+
+
+def test_fidelity_truth_composition_of_oracle_and_random(world: Path, tmp_path: Path):
+    """bench/fidelity.py's composition columns: the oracle is all clean pairs and keeps every one;
+    a random subset's clean share is the pool's, within sampling noise."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_fidelity_c", Path(__file__).resolve().parents[1] / "bench" / "fidelity.py")
+    fid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fid)
+    seed_dir = tmp_path / "seed"
+    (seed_dir / "subsets").mkdir(parents=True)
+    (seed_dir / "pool").symlink_to(world)
+    assert fid.truth_composition(seed_dir, "oracle") is None  # no subset yet
+    oracle_subset(world, seed_dir / "subsets" / "oracle.npy")
+    assert fid.truth_composition(seed_dir, "oracle") == {"clean_share": 1.0, "clean_recall": 1.0}
+    share = len(_clean(world)) / 500
+    random_subset(world, seed_dir / "subsets" / "rand.npy", 250, seed=0)
+    c = fid.truth_composition(seed_dir, "rand")
+    assert abs(c["clean_share"] - share) < 0.08 and abs(c["clean_recall"] - 0.5) < 0.15
+    rows = [{"recipe": "oracle"}, {"recipe": "missing"}]
+    fid.add_composition(rows, [seed_dir])
+    assert rows[0]["clean_share"] == 1.0 and "clean_share" not in rows[1]
