@@ -82,9 +82,11 @@ def test_gaps_paired_over_seeds():
 
 def test_report_and_record(tmp_path):
     rows = fid.fidelity_rows(PER_SEED, 1000, PAPER)
+    rows[0]["clean_share"], rows[0]["clean_recall"] = 0.54, 0.98  # from the truth, where a world has it
     text = fid.format_report("synth_test", [0, 1, 2], rows, fid.rank_correlations(PER_SEED, PAPER),
                              fid.gap_checks(PER_SEED), 12.3)
-    assert "| oracle | 3 | 40.0% | 0.250 ± 0.010 | 1 | - | - | - | - |" in text
+    assert "| oracle | 3 | 40.0% | - | - | 0.250 ± 0.010 | 1 | - | - | - | - |" in text
+    assert f"| {rows[0]['recipe']} | 3 |" in text and "| 54% | 98% |" in text
     assert "| no_filter < basic_filter | ordering | +0.050 | 0.020 | 3/3 | yes |" in text
     assert "Spearman ρ vs the paper's medium Avg (38), 3 baselines: **1.00**" in text and "12 s" in text
     res = tmp_path / "RESULTS.md"
