@@ -101,11 +101,9 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
 
 
 def _std(values: Sequence[float]) -> float | None:
-    n = len(values)
-    if n < 2:
-        return None
-    m = sum(values) / n
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    from datacomp.report.tables import sample_std
+
+    return sample_std(values)
 
 
 def seed_averages(per_seed: dict[int, list[dict[str, Any]]]) -> dict[str, dict[int, float]]:

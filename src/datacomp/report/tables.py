@@ -17,7 +17,7 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import ConfigError
 from ..formats.atomic import write_text
@@ -198,12 +198,13 @@ def aggregate_seeds(per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str,
                 agg[k] = values[0]
             else:
                 agg[k] = sum(nums) / len(nums)
-                agg[k + STD] = _sample_std(nums)
+                agg[k + STD] = sample_std(nums)
         out.append(agg)
     return out
 
 
-def _sample_std(values: list[float]) -> float | None:
+def sample_std(values: Sequence[float]) -> float | None:
+    """Sample standard deviation (ddof=1); None for fewer than two values."""
     n = len(values)
     if n < 2:
         return None
