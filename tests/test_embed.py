@@ -239,3 +239,20 @@ def test_fit_score_scale_hits_both_anchors():
     assert abs(np.mean(english & (s2 >= 0.28 - 1e-9)) - 0.10) < 0.002
     with pytest.raises(ValueError, match="not reachable"):
         fit_score_scale(raw, np.zeros(4000, bool), anchors)
+
+
+def test_reused_teacher_keeps_its_score_scale_without_refitting(tmp_path: Path, monkeypatch) -> None:
+    """A re-run that reuses a teacher takes the fitted scale from teacher.json (no second embed of
+    the calibration shard); other anchors or another teacher run fit again."""
+    from datacomp.embed import stage
+
+    dest = tmp_path / "t"
+    dest.mkdir()
+    anchors = [{"keep": 0.1, "score": 0.28, "english": True}, {"keep": 0.5, "score": 0.247}]
+    fit = {"a": 0.3, "c": 0.2, "b": 0.14, "anchors": [{"raw": 0.5, **anchors[0]}, {"raw": 0.1, **anchors[1]}]}
+    (dest / "teacher.json").write_text(json.dumps({"run_manifest": "abc", "score_scale": fit}))
+    assert stage._previous_score_scale(dest, "abc", anchors) == fit
+    assert stage._previous_score_scale(dest, "other-run", anchors) is None
+    assert stage._previous_score_scale(dest, "abc", [anchors[0], {"keep": 0.4, "score": 0.2}]) is None
+    (dest / "teacher.json").write_text("{broken")
+    assert stage._previous_score_scale(dest, "abc", anchors) is None

@@ -123,7 +123,8 @@ def train_teacher(pool: Path, s: Scale, key: str, seed: int = 0, overwrite: bool
             "samples_per_s": man.extra.get("samples_per_s"), "checkpoint": man.extra.get("checkpoint"),
             "run_manifest": manifest_digest(dest / "run")}
     if anchors:
-        info["score_scale"] = calibrate_score_scale(pool, key, f"{models.LOCAL_DIR}{dest.resolve()}", anchors)
+        info["score_scale"] = _previous_score_scale(dest, info["run_manifest"], anchors) or \
+            calibrate_score_scale(pool, key, f"{models.LOCAL_DIR}{dest.resolve()}", anchors)
     write_json(dest / "teacher.json", info)
     log.info("embed: teacher %s (%s) ready in %.1fs", key, ts.model, time.time() - t0)
     return info
@@ -206,6 +207,20 @@ def _embed_unit(kind: str, *args: Any) -> dict[str, Any]:
 def _teacher_ident(info: dict[str, Any]) -> dict[str, Any]:
     return {"teacher": info.get("key", TARGETS_KEY), "arch": info.get("model"), "run_manifest": info.get("run_manifest"),
             "score_scale": info.get("score_scale")}
+
+
+def _previous_score_scale(dest: Path, run_manifest: str | None, anchors: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The score scale already fitted for this very teacher run and these anchors (teacher.json),
+    so a re-run that reuses the teacher does not embed the calibration shard again."""
+    try:
+        prev = json.loads((dest / "teacher.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    fit = prev.get("score_scale") if isinstance(prev, dict) else None
+    if not isinstance(fit, dict) or prev.get("run_manifest") != run_manifest or run_manifest is None:
+        return None
+    fitted_for = [{k: v for k, v in a.items() if k != "raw"} for a in fit.get("anchors", [])]
+    return fit if fitted_for == [dict(a) for a in anchors] else None
 
 
 def calibrate_score_scale(pool: Path, key: str, model: str, anchors: list[dict[str, Any]]) -> dict[str, Any]:

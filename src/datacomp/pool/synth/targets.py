@@ -2,8 +2,8 @@
 
 The reference ``image_based`` baseline keeps the pool clusters nearest to ImageNet-1k *train*
 images embedded by OpenAI L/14. The embedded world's analogue is fresh renders of the main task's
-(``synth/concepts``) concepts: every one of the world's concepts ``per_concept`` times (row ``i``
-shows concept ``i % n``), normal style and web-image geometry as the curated pairs, from their own
+(``synth/concepts``) concepts: every task concept (``World.task_ids``; web-only concepts are not
+ImageNet's) ``per_concept`` times (row ``i`` shows ``task_ids[i % len(task_ids)]``), normal style and web-image geometry as the curated pairs, from their own
 seed stream (``targets``) and never an eval test image (a render whose sha256 is in
 ``evalsets/eval_sha256.json`` is redrawn from ``targets-retry{k}``, as the curated set does).
 Every render is a pure function of (seed, stream, index). The ``embed`` stage embeds them with
