@@ -136,7 +136,11 @@ def test_image_sizes_follow_kinds(pool):
     assert (mn[normal] >= 200).all() and (mn[normal] <= 1500).all() and (mx[normal] / mn[normal] <= 1.3).all()
     assert (mn[(truth.image_kind == "tiny").values] < 200).all()
     assert (mx / mn)[(truth.image_kind == "banner").values].min() > 3
-    assert truth.width[(truth.image_kind == "tiny").values].max() <= 16
+    tiny = (truth.image_kind == "tiny").values
+    # small images are stored at the smallest normal image's scale (200 px -> 40 px): 24-199 -> 5-40
+    stored = np.minimum(truth.width, truth.height)[tiny]
+    assert stored.between(5, 40).all() and stored.max() > 30 and stored.min() < 10
+    assert (abs(stored - np.maximum(5, mn[tiny] * 40 / 200)) <= 1).all()
     assert truth.width[normal].between(32, 72).all()
 
 

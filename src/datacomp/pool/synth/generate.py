@@ -88,20 +88,28 @@ def _aspect_sides(short: float, aspect: float) -> tuple[int, int]:
     return int(round(short)), int(round(short / aspect))
 
 
+NORMAL_ORIGINAL_MIN = 200   # px: basic_filter's min-side rule
+NORMAL_STORED_MIN = 40      # px: the stored min side of the smallest normal image
+
+
 def normal_geometry(rng) -> tuple[tuple[int, int], tuple[int, int]]:
     """((stored w, h), (original w, h)) of a normal web image: min side 200-1500 px, aspect 0.8-1.25."""
-    o_min = int(round(math.exp(rng.uniform(math.log(200), math.log(1500)))))
+    o_min = int(round(math.exp(rng.uniform(math.log(NORMAL_ORIGINAL_MIN), math.log(1500)))))
     aspect = math.exp(rng.uniform(math.log(0.8), math.log(1.25)))
     ow, oh = _aspect_sides(o_min, aspect)
-    sw, sh = _aspect_sides(rng.randint(40, 52), ow / oh)
+    sw, sh = _aspect_sides(rng.randint(NORMAL_STORED_MIN, 52), ow / oh)
     return (sw, sh), (ow, oh)
 
 
 def tiny_geometry(rng) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((stored w, h), (original w, h)) of a small web image: min side 24-199 px, stored at the
+    scale of the smallest normal image (200 px -> 40 px), so a 150 px image keeps most of what a
+    200 px one shows and a 30 px thumbnail almost nothing — small web images are informative, as
+    on CommonPool, where basic_filter's size rule drops usable pairs."""
     o_min = rng.randint(24, 199)
     aspect = math.exp(rng.uniform(math.log(0.8), math.log(1.25)))
     ow, oh = _aspect_sides(o_min, aspect)
-    sw, sh = _aspect_sides(rng.randint(7, 10), ow / oh)
+    sw, sh = _aspect_sides(max(5, round(NORMAL_STORED_MIN * o_min / NORMAL_ORIGINAL_MIN)), ow / oh)
     return (sw, sh), (ow, oh)
 
 
