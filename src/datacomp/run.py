@@ -101,10 +101,11 @@ class LoopResult:
 def _run_world(scale: Scale, workdir: Path, recipes: list[str], seed: int, workers: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """One seed's world: the one-seed layout under ``workdir``; -> (rows, stage timings)."""
     from .embed import embed
-    from .evaluate import aggregate, evaluate
+    from .evaluate import evaluate
     from .filters import run_filter
     from .filters.reference_subsets import build_reference_subset, is_pseudo_recipe
     from .pool.synth import synthesize
+    from .report.rows import result_row
     from .reshard import reshard
     from .train import train
 
@@ -138,16 +139,8 @@ def _run_world(scale: Scale, workdir: Path, recipes: list[str], seed: int, worke
         run_dir = workdir / "runs" / label
         timed(f"train/{label}", train, scale, [shards], run_dir, seed=seed, workers=1)
         results = timed(f"evaluate/{label}", evaluate, run_dir, pool / "evalsets")
-        agg = aggregate(results)
-        row: dict[str, Any] = {
-            "recipe": label,
-            "dataset_size": int(summary["counts"]["kept"]),
-            "resharded": int(rm.counts.get("output_count", 0)),
-        }
-        for r in sorted(results, key=lambda r: r["key"]):
-            row[r["key"]] = r["metrics"].get("main_metric")
-        row["average"] = agg.get("average")
-        rows.append(row)
+        rows.append(result_row(label, results, {"dataset_size": int(summary["counts"]["kept"]),
+                                                "resharded": int(rm.counts.get("output_count", 0))}))
     timings["total"] = round(time.time() - t_start, 2)
     return rows, timings
 
