@@ -176,6 +176,17 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from .report.build import build_report
+
+    out = Path(a.out) if a.out else Path(a.workdirs[0]) / "report"
+    rep = build_report(a.workdirs, out, n_samples=a.samples)
+    for note in rep.notes:
+        print(f"datacomp report: note: {note}", file=sys.stderr)
+    print(f"wrote {rep.index} ({rep.seconds:.1f} s)")
+    return 0
+
+
 def cmd_info(a: argparse.Namespace) -> int:
     from .info import show
 
@@ -323,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--seeds", metavar="N,N,...",
                       help="several seeds, one world each under WORKDIR/seed-N; tables give mean ± std")
     workers(sp)
+
+    sp = add("report", cmd_report, "an HTML report (results, published baselines, plots, ground truth, samples) "
+                                   "of every run under the given work directories")
+    sp.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="work directories (datacomp run) or run directories")
+    sp.add_argument("--out", help="directory for index.html, plots/ and samples/ (default FIRST_WORKDIR/report)")
+    sp.add_argument("--samples", type=int, default=8, help="kept and dropped samples shown per recipe (default %(default)s)")
 
     sp = add("info", cmd_info, "show the bundled scales, tasks or recipes")
     sp.add_argument("what", choices=["scales", "tasks", "recipes"])

@@ -3,7 +3,8 @@ for several recipes at one embedded scale, over one or several seeds, in one wor
 
 One seed (``--seed N``, or ``--seeds N``): under WORKDIR ``pool/``, ``subsets/<recipe>.npy``
 (+ .json), ``shards/<recipe>/``, ``runs/<recipe>/`` (checkpoints, eval_results.jsonl),
-``results.md``, ``results.csv``, ``run.json`` (stage timings).
+``results.md``, ``results.csv``, ``run.json`` (stage timings), ``report/index.html``
+(:mod:`datacomp.report.build`: every recipe ever run into WORKDIR, not only this call's).
 
 Several seeds (``--seeds 0,1,2``): one world per seed, ``WORKDIR/seed-N/`` holding exactly the
 one-seed layout above, then ``WORKDIR/results.md`` and ``results.csv`` with the mean ± sample
@@ -192,10 +193,17 @@ def run_seeds(scale: str | Scale, workdir: Path, recipes: list[str], seeds: list
         write_json(workdir / "run.json", {"scale": scale.name, "seeds": seeds, "recipes": recipes,
                                           "timings": timings, "rows": rows,
                                           "per_seed": {str(s): r for s, r in per_seed.items()}})
+    from .report.build import build_report
+
+    rep = build_report([workdir], workdir / "report")
+    paths["report"] = rep.index
+    for note in rep.notes:
+        log.warning("report: %s", note)
     if echo:
         print(format_table(rows))
         also = f", {paths['results_per_seed_csv']}" if len(seeds) > 1 else ""
         print(f"\nwrote {md} and {csv}{also} ({total:.0f} s)")
+        print(f"report: {rep.index}")
     return LoopResult(rows=rows, per_seed=per_seed, timings=timings, paths=paths)
 
 

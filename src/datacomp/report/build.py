@@ -87,7 +87,7 @@ def _results_section(b: _Build, exp: Experiment, idx: int) -> tuple[str, dict[st
         chance = None
     several = any(r.get("seeds", 1) > 1 for r in rows)
     cols = ["recipe", "seeds", "dataset_size", *groups, *tasks]
-    header = [column_header(c) if c not in groups else groups[c] for c in cols]
+    header = [groups.get(c) or ("subset size" if c == "dataset_size" else column_header(c)) for c in cols]
     body = [[format_cell(c, r) for c in cols] for r in rows]
     classes = [""] * len(rows)
     if chance is not None:
