@@ -196,13 +196,17 @@ def machine_line(load_start: tuple[float, float, float], load_end: tuple[float, 
             f"at the start, {'/'.join(f'{x:.1f}' for x in load_end)} at the end.")
 
 
-def record(path: Path, title_time: datetime, machine: str, report: str) -> None:
+def record_section(path: Path, title: str, machine: str, body: str) -> None:
+    """Append ``## title``, the machine line and ``body`` to a results file (bench/RESULTS.md)."""
     from datacomp.formats.atomic import write_text
 
     old = path.read_text() if path.is_file() else "# Benchmark results\n"
-    section = (f"\n## Fidelity to the paper's baseline ranking (`bench/fidelity.py`), "
-               f"{title_time.strftime('%Y-%m-%d %H:%M UTC')}\n\n{machine}\n\n{report}")
-    write_text(path, old.rstrip("\n") + "\n" + section)
+    write_text(path, old.rstrip("\n") + "\n" + f"\n## {title}\n\n{machine}\n\n{body}")
+
+
+def record(path: Path, title_time: datetime, machine: str, report: str) -> None:
+    record_section(path, f"Fidelity to the paper's baseline ranking (`bench/fidelity.py`), "
+                         f"{title_time.strftime('%Y-%m-%d %H:%M UTC')}", machine, report)
 
 
 # ---- main ---------------------------------------------------------------------------------------

@@ -19,17 +19,19 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from datacomp.evaluate.registry import load_tasks
+from datacomp.filters import run_filter
 from datacomp.formats.uids import make_subset, uids_to_pairs, write_subset
 from pool_tables import pool_table
 
 N = 40
 CAPTION_KINDS = ["english", "foreign", "junk", "mismatched", "boilerplate"]
 IMAGE_KINDS = ["normal", "tiny", "banner", "normal"]
-# recipe -> (rows kept: a function of the row index, removed_by)
+SPANISH = "una foto de un perro rojo sobre un fondo liso con una mesa"
+# recipe -> (rows kept: a function of the row index, removed_by), or None: run the shipped recipe
+# (basic_filter drops the Spanish captions, rows i % 3 == 0, and the images 150 px high, i % 4 == 1)
 RECIPES = {
     "no_filter": (lambda i: True, []),
-    "basic_filter": (lambda i: i % 3 != 0, [{"rule": "language == en", "marginal": 12, "sequential": 12},
-                                            {"rule": "image_min_side >= 200", "marginal": 9, "sequential": 2}]),
+    "basic_filter": None,
 }
 
 
@@ -89,10 +91,11 @@ def make_world(root: Path, seed: int = 0, recipes: dict | None = None) -> Path:
     pool = root / "pool"
     for d in ("metadata", "shards", "truth", "evalsets"):
         (pool / d).mkdir(parents=True, exist_ok=True)
-    texts = [f"a photo of thing {i}" for i in range(N)]
+    texts = [SPANISH if i % 3 == 0 else f"a photo of a red dog number {i} on a plain background" for i in range(N)]
+    heights = [150 if i % 4 == 1 else 200 + i for i in range(N)]
     b32 = [0.15 + 0.003 * ((i * 7 + seed) % N) for i in range(N)]
     l14 = [0.14 + 0.004 * ((i * 13 + seed) % N) for i in range(N)]
-    pq.write_table(pool_table(texts, [300 + i for i in range(N)], [200 + i for i in range(N)], b32, l14, u),
+    pq.write_table(pool_table(texts, [300 + i for i in range(N)], heights, b32, l14, u),
                    pool / "metadata" / "00000000.parquet")
     keys = [f"{i:012d}" for i in range(N)]
     pq.write_table(pa.table({"key": keys, "uid": u}), pool / "shards" / "00000000.parquet")
@@ -102,20 +105,33 @@ def make_world(root: Path, seed: int = 0, recipes: dict | None = None) -> Path:
     (pool / "evalsets" / "tasks.json").write_text(json.dumps({
         "synth/concepts": {"type": "classification", "n": 100, "num_classes": 24},
         "synth/retrieval": {"type": "retrieval", "n": 50, "num_classes": None}}))
-    for j, (recipe, (keep, removed)) in enumerate(recipes.items()):
-        kept = [x for i, x in enumerate(u) if keep(i)]
-        write_subset(root / "subsets" / f"{recipe}.npy", make_subset(uids_to_pairs(kept)))
-        (root / "subsets" / f"{recipe}.json").write_text(json.dumps({
-            "recipe": recipe, "counts": {"pool_rows": N, "kept": len(kept)}, "removed_by": removed}))
+    for j, (recipe, spec) in enumerate(recipes.items()):
+        subset = root / "subsets" / f"{recipe}.npy"
+        if spec is None:
+            run_filter(pool, recipe, subset, workers=1)
+        else:
+            keep, removed = spec
+            kept = [x for i, x in enumerate(u) if keep(i)]
+            write_subset(subset, make_subset(uids_to_pairs(kept)))
+            subset.with_suffix(".json").write_text(json.dumps({
+                "recipe": recipe, "counts": {"pool_rows": N, "kept": len(kept)}, "removed_by": removed}))
         add_run(root, recipe, seed, offset=0.05 * j)
     (root / "run.json").write_text(json.dumps({"scale": "synth_test", "seed": seed}))
     return root
 
 
-def kept_rows(recipe: str) -> list[int]:
-    keep = RECIPES[recipe][0]
-    return [i for i in range(N) if keep(i)]
+def kept_rows(root: Path, recipe: str, seed: int = 0) -> list[int]:
+    """Pool rows the world's subset keeps (row order)."""
+    from datacomp.formats.uids import read_subset
+
+    kept = set(read_subset(root / "subsets" / f"{recipe}.npy", mmap=False).tolist())
+    return [i for i, p in enumerate(uids_to_pairs(uids(seed)).tolist()) if p in kept]
 
 
-def subset_uids(seed: int, recipe: str) -> list[str]:
-    return [uids(seed)[i] for i in kept_rows(recipe)]
+def basic_filter_reason(i: int) -> str | None:
+    """The rule basic_filter drops row ``i`` by, as the report words it (None: kept)."""
+    if i % 3 == 0:
+        return "language == en (was es)"
+    if i % 4 == 1:
+        return "image_min_side >= 200 (was 150)"
+    return None

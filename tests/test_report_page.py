@@ -5,7 +5,9 @@ with the standard library's HTML parser.
 """
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -83,14 +85,18 @@ def test_page_holds_every_part(tmp_path: Path):
     assert [r["recipe"] for r in results] == ["basic_filter", "no_filter", "chance"]
     assert {"Concepts", "Concept shifts", "Long tail", "Retrieval", "Worst group", "Attributes", "Average",
             "concepts", "retrieval"} <= set(results[0])
-    assert results[0]["subset size"] == f"{len(rw.kept_rows('basic_filter')):,}"
+    kept = rw.kept_rows(wd, "basic_filter")
+    assert kept == [i for i in range(rw.N) if rw.basic_filter_reason(i) is None]
+    assert results[0]["subset size"] == f"{len(kept):,}"
     # the chance row: 1/classes from the world's tasks.json, 1/images for retrieval
     assert results[-1]["concepts"] == f"{1 / 24:.3f}" and results[-1]["retrieval"] == f"{1 / 50:.3f}"
     assert {"Filter funnel", "Score distributions, kept vs dropped", "Ground truth: what each subset is made of",
             "Samples", "basic_filter: kept", "basic_filter: dropped"} <= set(page.headings)
     assert any(h.startswith("Published baselines") for h in page.headings)
-    funnel = page.table("Filter funnel")
-    assert funnel[0] == {"recipe": "basic_filter", "rule": "language == en", "marginal": "12", "sequential": "12"}
+    funnel = {r["rule"]: r for r in page.table("Filter funnel")}
+    assert funnel["language == en"] == {"recipe": "basic_filter", "rule": "language == en", "marginal": "14",
+                                        "sequential": "14"}  # rows 0, 3, ..., 39
+    assert funnel["image_min_side >= 200"]["marginal"] == "10" and funnel["image_min_side >= 200"]["sequential"] == "7"
     plots = {Path(s).name for s in page.images if s.startswith("plots/")}
     assert plots == {"e0-average-vs-size.svg", "e0-per-task.svg", "e0-loss.svg", "e0-funnel.svg", "e0-scores.svg",
                      "e0-truth.svg"}
@@ -101,13 +107,27 @@ def test_page_holds_every_part(tmp_path: Path):
     assert "http://" not in (tmp_path / "out" / "index.html").read_text().replace("http://x/", "")
 
 
+def test_samples_say_which_rule_dropped_them(tmp_path: Path):
+    wd = rw.make_world(tmp_path / "w")
+    build_report([wd], tmp_path / "out")
+    text = (tmp_path / "out" / "index.html").read_text()
+    section = text[text.index(">basic_filter: dropped<"):]
+    cards = re.findall(r'<div class="card dropped"><img src="[^"]+" alt="([0-9a-f]{32})">.*?'
+                       r'<div class="why">dropped by ([^<]*)</div>', section)
+    assert len(cards) == 8
+    row_of = {u: i for i, u in enumerate(rw.uids(0))}
+    for uid, why in cards:
+        assert html.unescape(why) == rw.basic_filter_reason(row_of[uid]), uid
+    assert 'class="why"' not in text[:text.index(">basic_filter: dropped<")]  # kept cards give no reason
+
+
 def test_ground_truth_table_matches_the_truth_parquet(tmp_path: Path):
     wd = rw.make_world(tmp_path / "w")
     build_report([wd], tmp_path / "out")
     table = {r["subset"]: r for r in _page(tmp_path / "out").table("Ground truth")}
     truth = pq.read_table(wd / "pool" / "truth" / "00000000.parquet").to_pylist()
     for recipe in ("no_filter", "basic_filter"):
-        kept = [t for i, t in enumerate(truth) if i in set(rw.kept_rows(recipe))]
+        kept = [t for i, t in enumerate(truth) if i in set(rw.kept_rows(wd, recipe))]
         row = table[recipe]
         assert row["rows"] == str(len(kept))
         assert row["caption: other language"] == str(sum(t["caption_kind"] == "foreign" for t in kept))

@@ -24,7 +24,7 @@ from . import plots
 from .chance import chance_results
 from .collect import Experiment, World, collect
 from .rows import GROUP_PREFIX, group_labels, result_row
-from .samples import load_pool_table, pick, sample_cards, thumbnails
+from .samples import load_pool_table, pick, sample_cards, thumbnails, uid_order
 from .tables import column_header, format_cell, registry_order
 from .truth import KIND_LABELS, composition, kept_mask, load_truth
 
@@ -244,7 +244,8 @@ def _truth_table(comps: dict[str, dict[str, Any]], which: str) -> str:
 
 
 def _samples_section(b: _Build, world: World, pool, truth, kept: dict[str, np.ndarray], idx: int, which: str) -> str:
-    picks = {r: pick(pool.uids, m, b.n_samples) for r, m in kept.items()}
+    order = uid_order(pool.pairs)
+    picks = {r: pick(order, m, b.n_samples) for r, m in kept.items()}
     wanted = {pool.uids[i] for k, d in picks.values() for i in (*k, *d)}
     rel = f"samples/e{idx}"
     thumbs = thumbnails(world.pool, wanted, b.out / rel, rel)
@@ -266,9 +267,27 @@ def _samples_section(b: _Build, world: World, pool, truth, kept: dict[str, np.nd
         cards_d = sample_cards(pool, d, kinds)
         for c in cards_k + cards_d:
             c["thumb"] = thumbs.get(c["uid"])
+        for c, why in zip(cards_d, _reasons(b, world, pool, r, d)):
+            c["why"] = why
         parts += [H.heading(4, f"{r}: kept"), H.grid(cards_k, "kept"), H.heading(4, f"{r}: dropped"),
                   H.grid(cards_d, "dropped")]
     return "\n".join(parts)
+
+
+def _reasons(b: _Build, world: World, pool, recipe: str, rows: list[int]) -> list[str | None]:
+    """The rule that dropped each row (None where the recipe has no rules: a pseudo-recipe)."""
+    from ..filters.explain import explain_rows
+
+    side = world.filter_sidecar(recipe) or {}
+    if not rows or not (side.get("resolved") or {}).get("keep") and not side.get("removed_by"):
+        return [None] * len(rows)
+    try:
+        why = explain_rows(world.pool, side, pool.by_shard(rows))
+    except DatacompError as e:
+        b.notes.append(f"{world.root / 'subsets' / (recipe + '.json')}: cannot say which rule dropped each sample ({e})")
+        return [None] * len(rows)
+    located = [(stem, i) for i_pool in rows for stem, ii in pool.by_shard([i_pool]).items() for i in ii]
+    return [why.get(loc) for loc in located]
 
 
 def _experiment(b: _Build, exp: Experiment, idx: int) -> str:

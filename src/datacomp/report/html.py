@@ -24,7 +24,7 @@ figure{margin:10px 0}figure img{max-width:100%;border:1px solid #eee}figcaption{
 .card{width:150px;border:1px solid #e5e5e5;border-radius:4px;padding:6px;font-size:11px;background:#fafafa}
 .card img{width:96px;height:96px;object-fit:contain;display:block;margin:0 auto 4px;background:#fff}
 .card .cap{max-height:4.4em;overflow:hidden}.card .meta{color:#666}.card .noimg{height:96px;color:#999;text-align:center;line-height:96px}
-.kept{border-left:3px solid #2c7fb8}.dropped{border-left:3px solid #d95f0e}
+.card .why{color:#a4420a;word-break:break-word}.kept{border-left:3px solid #2c7fb8}.dropped{border-left:3px solid #d95f0e}
 dl.explain dt{font-weight:600}dl.explain dd{margin:0 0 6px 16px;color:#444}
 """
 
@@ -75,6 +75,8 @@ def card(c: dict[str, Any], kind: str) -> str:
     if "size" in c:
         meta.append(c["size"])
     truth = f'<div class="meta">truth: {esc(c["truth"])}</div>' if c.get("truth") else ""
+    if c.get("why"):
+        truth += f'<div class="why">dropped by {esc(c["why"])}</div>'
     return (f'<div class="card {kind}">{img}<div class="cap">{esc(c["caption"])}</div>'
             f'<div class="meta">{esc(" · ".join(meta))}</div>{truth}</div>')
 

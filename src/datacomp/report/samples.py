@@ -7,7 +7,6 @@ that order is an unbiased sample, and the same inputs always show the same rows.
 from __future__ import annotations
 
 import io
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,19 @@ class PoolTable:
     uids: list[str]
     pairs: np.ndarray
     columns: dict[str, np.ndarray]
+    shards: tuple[tuple[str, int], ...]  # (metadata parquet stem, rows), in order
 
     def __len__(self) -> int:
         return len(self.uids)
+
+    def by_shard(self, rows: list[int]) -> dict[str, list[int]]:
+        """Pool row indices -> {shard stem: rows within that shard}."""
+        starts = np.cumsum([0] + [n for _, n in self.shards])
+        out: dict[str, list[int]] = {}
+        for i in rows:
+            k = int(np.searchsorted(starts, i, side="right")) - 1
+            out.setdefault(self.shards[k][0], []).append(int(i - starts[k]))
+        return out
 
 
 def load_pool_table(pool: Path) -> PoolTable | None:
@@ -52,12 +61,17 @@ def load_pool_table(pool: Path) -> PoolTable | None:
         if all(c in t.column_names for t in tables):
             cols[c] = np.concatenate([t.column(c).to_numpy(zero_copy_only=False) for t in tables])
     uids = [str(u) for u in cols.pop("uid")]
-    return PoolTable(uids=uids, pairs=uids_to_pairs(uids), columns=cols)
+    shards = tuple((p.stem, t.num_rows) for p, t in zip(files, tables))
+    return PoolTable(uids=uids, pairs=uids_to_pairs(uids), columns=cols, shards=shards)
 
 
-def pick(uids: list[str], kept: np.ndarray, n: int) -> tuple[list[int], list[int]]:
-    """Row indices of the first ``n`` kept and the first ``n`` dropped rows in uid order."""
-    order = np.argsort(np.array(uids, dtype=object), kind="stable")
+def uid_order(pairs: np.ndarray) -> np.ndarray:
+    """Row indices in uid order (the hex uids' order is their (hi, lo) pairs' order)."""
+    return np.lexsort((pairs["f1"], pairs["f0"]))
+
+
+def pick(order: np.ndarray, kept: np.ndarray, n: int) -> tuple[list[int], list[int]]:
+    """Row indices of the first ``n`` kept and the first ``n`` dropped rows in ``order`` (:func:`uid_order`)."""
     k = order[kept[order]][:n]
     d = order[~kept[order]][:n]
     return [int(i) for i in k], [int(i) for i in d]
@@ -85,18 +99,18 @@ def thumbnails(pool: Path, uids: set[str], out_dir: Path, rel: str) -> dict[str,
     to the page (``rel``/<uid>.png). Uids whose image is not in the shards are left out."""
     from PIL import Image
 
+    from ..reshard.resharder import tar_members
+
     found: dict[str, str] = {}
     for tar, keys in _shard_keys(pool, uids).items():
-        with tarfile.open(tar) as tf:
-            for m in tf:
-                stem, dot, ext = m.name.rpartition(".")
-                if not dot or "." + ext.lower() not in IMAGE_EXT or stem not in keys or keys[stem] in found:
+        with open(tar, "rb") as f:
+            for name, offset, size, regular in tar_members(tar):
+                stem, dot, ext = name.rpartition(".")
+                if not regular or not dot or "." + ext.lower() not in IMAGE_EXT or stem not in keys or keys[stem] in found:
                     continue
-                f = tf.extractfile(m)
-                if f is None:
-                    continue
+                f.seek(offset)
                 try:
-                    img = Image.open(io.BytesIO(f.read())).convert("RGB")
+                    img = Image.open(io.BytesIO(f.read(size))).convert("RGB")
                 except OSError:
                     continue
                 img.thumbnail((THUMB, THUMB))
