@@ -72,7 +72,29 @@ def cmd_filter(a: argparse.Namespace) -> int:
     summary = run_filter(Path(a.pool), a.recipe, Path(a.out), overrides=_parse_sets(a.set),
                          executor=a.executor, workers=a.workers)
     print(format_summary(summary))
+    if a.explain:
+        _explain(Path(a.pool), Path(a.out), summary, a.explain)
     return 0
+
+
+def _explain(pool: Path, out: Path, summary: dict[str, Any], n: int) -> None:
+    import pyarrow.parquet as pq
+
+    from .filters.explain import explain_dropped
+    from .formats.atomic import atomic_path
+
+    table = explain_dropped(pool, summary, n)
+    path = out.with_suffix(".explain.parquet")
+    with atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+    rule = None
+    for r in table.to_pylist():
+        if r["rule"] != rule:
+            rule = r["rule"]
+            print(f"\ndropped by {rule}:")
+        text = " ".join(str(r.get("text") or "").split())
+        print(f"  {r['uid']}  {r['reason']}  {text[:60]!r}")
+    print(f"\nwrote {path} ({table.num_rows} rows: up to {n} per deciding rule, every column the recipe computed)")
 
 
 def cmd_reshard(a: argparse.Namespace) -> int:
@@ -235,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe parameter")
     sp.add_argument("--executor", choices=["local", "ray"], default="local")
     sp.add_argument("--list", action="store_true", help="list every op and recipe")
+    sp.add_argument("--explain", type=int, metavar="N", help="also show N dropped rows per deciding rule, with the "
+                    "values that decided, and write them to SUBSET.explain.parquet")
     workers(sp)
 
     sp = add("reshard", cmd_reshard, "materialise a subset as new webdataset shards")
