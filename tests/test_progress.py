@@ -55,3 +55,26 @@ def test_choice_of_display(monkeypatch):
     monkeypatch.setenv("DATACOMP_PROGRESS", "0")
     quiet = prog.progress(total=3, desc="x")
     assert isinstance(quiet, tqdm) and quiet.disable
+
+
+def test_download_reports_each_shard_as_it_lands(tmp_path, caplog):
+    """img2dataset's per-shard stats are surfaced while it runs, not only in its log file."""
+    import logging
+    import subprocess
+    import sys
+
+    from datacomp.pool.download import wait_reporting_shards
+
+    (tmp_path / "00000000_stats.json").write_text('{"count": 5, "successes": 5}')  # from an earlier run
+    script = ("import json, time, pathlib\n"
+              f"d = pathlib.Path({str(tmp_path)!r})\n"
+              "for i, ok in ((1, 9), (2, 7)):\n"
+              "    time.sleep(0.3)\n"
+              "    (d / f'{i:08d}_stats.json').write_text(json.dumps({'count': 10, 'successes': ok}))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    with caplog.at_level(logging.INFO, logger="datacomp.pool.download"):
+        rc = wait_reporting_shards(proc, tmp_path, total=3, poll=0.1)
+    assert rc == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "datacomp.pool.download"]
+    assert lines == ["download: shard 00000001 done: 9 of 10 images fetched",
+                     "download: shard 00000002 done: 7 of 10 images fetched"]
