@@ -13,7 +13,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
 import report_world as rw
 from datacomp.cli import main

@@ -58,7 +58,7 @@ class _Build:
         path = self.out / "plots" / name
         try:
             got = fn(*args, path)
-        except (ValueError, TypeError) as e:  # a figure the data cannot make is a note, not a failure
+        except ValueError as e:  # a figure the data cannot make (e.g. no finite value) is a note, not a failure
             self.notes.append(f"{name}: figure not drawn ({e})")
             return None
         if got is None:
@@ -73,10 +73,10 @@ def _tasks(rows: list[dict[str, Any]]) -> list[str]:
     return sorted(keys, key=order.__getitem__)
 
 
-def _results_section(b: _Build, exp: Experiment, idx: int) -> tuple[str, dict[str, Any] | None]:
+def _results_section(b: _Build, exp: Experiment, idx: int) -> str:
     rows = exp.rows
     if not rows:
-        return H.para("No evaluated runs: nothing to tabulate yet."), None
+        return H.para("No evaluated runs: nothing to tabulate yet.")
     tasks = _tasks(rows)
     groups = group_labels(exp.suite)
     evalsets = exp.worlds[0].pool / "evalsets" if exp.worlds else None
@@ -102,7 +102,7 @@ def _results_section(b: _Build, exp: Experiment, idx: int) -> tuple[str, dict[st
             (b.plot(plots.per_task_bars, f"e{idx}-per-task.svg", rows, [(t, column_header(t)) for t in tasks]),
              "Each task's main metric per recipe.", "per-task bars")]
     parts += [H.figure(src, cap, alt) for src, cap, alt in figs if src]
-    return "\n".join(parts), chance
+    return "\n".join(parts)
 
 
 def _published_section(exp: Experiment) -> str:
@@ -296,8 +296,7 @@ def _experiment(b: _Build, exp: Experiment, idx: int) -> str:
     if exp.worlds:
         desc.append(f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}")
     parts = [H.heading(2, exp.label, f"e{idx}"), H.para("; ".join(desc))]
-    table, _ = _results_section(b, exp, idx)
-    parts += [table, _published_section(exp), _loss_section(b, exp, idx)]
+    parts += [_results_section(b, exp, idx), _published_section(exp), _loss_section(b, exp, idx)]
     if exp.worlds:
         parts.append(_world_sections(b, exp, exp.worlds[0], idx))
     return "\n".join(p for p in parts if p)
