@@ -188,13 +188,15 @@ def test_reference_scale_run_shows_the_papers_rows(tmp_path: Path):
     rw.write_results(run, 0, tasks=keys)
     (run / "manifest.json").write_text(json.dumps({"stage": "train", "params": {"scale": {"name": "small"}},
                                                    "counts": {"unique_samples": 3_000_000}}))
+    other = tmp_path / "small" / "no_filter"  # a second run beside it: the same table
+    shutil.copytree(run, other)
     rep = build_report([tmp_path / "small"], tmp_path / "out")
     assert rep.notes == []
     page = _page(tmp_path / "out")
     rows = page.table("Published baselines at scale 'small'")
     mine = [r for r in rows if r["source"] == "yours"]
     paper = [r for r in rows if r["source"].startswith("paper")]
-    assert [r["recipe"] for r in mine] == ["basic_filter"] and mine[0]["size"] == "3,000,000"
+    assert [r["recipe"] for r in mine] == ["basic_filter", "no_filter"] and mine[0]["size"] == "3,000,000"
     assert mine[0]["Average (38)"] != "-"
     published = [p for p in load_published() if p.scale == "small"]
     assert len(paper) == len(published) > 0

@@ -8,7 +8,8 @@ directories are not searched):
 * a several-seed work directory: ``seed-N/`` directories, each a one-seed work directory
   (``datacomp run --seeds``); its rows are the mean ± std over the seeds that have the recipe;
 * a run directory: ``eval_results.jsonl`` (``datacomp evaluate``) beside ``manifest.json``
-  (``datacomp train``), e.g. one model trained at a reference scale.
+  (``datacomp train``), e.g. one model trained at a reference scale; run directories side by side
+  in one directory make one table (a row each).
 
 Every recipe found is a row: a second ``datacomp run`` with other recipes into the same work
 directory adds rows. What cannot be used (no runs, a run without results, a torn results line, an
@@ -182,9 +183,15 @@ def _discover(d: Path, label: str, notes: list[str], depth: int = 0) -> list[Exp
     else:
         if depth >= MAX_DEPTH:
             return []
+        children = sorted(p for p in d.iterdir() if p.is_dir() and p.name not in SKIP_DIRS)
+        lone = [c for c in children if (c / RESULTS_NAME).is_file() and not _is_world(c)]
         out: list[Experiment] = []
-        for child in sorted(p for p in d.iterdir() if p.is_dir() and p.name not in SKIP_DIRS):
-            out += _discover(child, f"{label}/{child.name}", notes, depth + 1)
+        if lone:  # run directories side by side (e.g. one per recipe at a reference scale): one table
+            runs = [r for c in lone if (r := _read_run(c, c.name, 0, None, notes)) is not None]
+            out.append(Experiment(root=d, label=label, worlds=[], runs=runs))
+        for child in children:
+            if child not in lone:
+                out += _discover(child, f"{label}/{child.name}", notes, depth + 1)
         return out
     runs = [r for w in worlds for r in _world_runs(w, notes)]
     return [Experiment(root=d, label=label, worlds=worlds, runs=runs)]
