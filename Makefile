@@ -11,7 +11,7 @@ DEMO_SCALE ?= synth_demo
 DEMO_RECIPES ?= no_filter,basic_filter,clip_score_l14_30
 SEED ?= 0
 
-.PHONY: all install demo test test-fast bench clean wordnet
+.PHONY: all install demo test test-fast bench clean wordnet chromium
 
 all: test
 
@@ -32,10 +32,14 @@ $(WORDNET_DIR)/corpora/wordnet/lexnames: $(BIN)/datacomp
 	test -f /usr/share/wordnet/data.noun || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wordnet-base wordnet-sense-index; }
 	$(BIN)/python -m datacomp.filters.wordnet --src /usr/share/wordnet --out $(WORDNET_DIR)
 
+# Headless Chromium (Debian's `chromium`) for the report's browser test; apt-get when missing (needs root).
+chromium:
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
 demo: install
 	$(BIN)/datacomp run --scale $(DEMO_SCALE) --workdir $(DEMO_DIR) --recipes $(DEMO_RECIPES) --seed $(SEED)
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest -q tests
 
 test-fast: install

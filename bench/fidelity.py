@@ -31,7 +31,6 @@ The full default run (synth_demo, 3 seeds, 10 recipes) takes ~40 minutes on 2 CP
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import sys
@@ -39,6 +38,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
+
+from datacomp.report.ranking import rankdata, spearman, spearman_ranks  # noqa: F401  (re-exported)
+from datacomp.report.truth import truth_composition  # noqa: F401  (re-exported)
 
 BASELINES = ("no_filter", "basic_filter", "text_based", "image_based", "laion2b", "clip_score_b32_30",
              "clip_score_l14_30", "image_based_clip_score_l14_30")
@@ -50,55 +52,6 @@ RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 # ---- pure functions -----------------------------------------------------------------------------
-
-def rankdata(values: Sequence[float]) -> list[float]:
-    """Ascending ranks from 1, ties given the average of the ranks they span (scipy's 'average')."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def _pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
-    n = len(x)
-    mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
-    sxx = sum((a - mx) ** 2 for a in x)
-    syy = sum((b - my) ** 2 for b in y)
-    if sxx == 0 or syy == 0:
-        return None
-    return sxy / math.sqrt(sxx * syy)
-
-
-def spearman_ranks(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Spearman's rho as the Pearson correlation of average ranks (tie-aware); None if undefined."""
-    if len(x) != len(y):
-        raise ValueError(f"spearman: {len(x)} values against {len(y)}")
-    if len(x) < 2:
-        return None
-    return _pearson(rankdata(x), rankdata(y))
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Spearman's rho with scipy where it is installed, else :func:`spearman_ranks` (same result)."""
-    try:
-        from scipy.stats import spearmanr
-    except ImportError:  # scipy comes with scikit-learn, a dependency; kept for a bare environment
-        return spearman_ranks(x, y)
-    if len(x) != len(y):
-        raise ValueError(f"spearman: {len(x)} values against {len(y)}")
-    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
-        return None
-    rho = float(spearmanr(x, y).statistic)
-    return None if math.isnan(rho) else rho
-
 
 def _std(values: Sequence[float]) -> float | None:
     from datacomp.report.tables import sample_std
@@ -148,27 +101,6 @@ def fidelity_rows(per_seed: dict[int, list[dict[str, Any]]], pool_size: int,
             r[f"paper_{scale}"] = table.get(r["recipe"])
             r[f"paper_{scale}_rank"] = ranks.get(r["recipe"])
     return out
-
-
-def truth_composition(seed_dir: Path, recipe: str) -> dict[str, float] | None:
-    """What a seed's subset is made of, from the world's hidden truth (POOL/truth/): the share of
-    clean pairs in it and the share of the pool's clean pairs it keeps (None without truth)."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from datacomp.formats.uids import read_subset, uids_to_pairs
-
-    truth = sorted((seed_dir / "pool" / "truth").glob("*.parquet"))
-    subset = seed_dir / "subsets" / f"{recipe}.npy"
-    if not truth or not subset.is_file():
-        return None
-    tables = [pq.read_table(p, columns=["uid", "clean"]) for p in truth]
-    uids = [u for t in tables for u in t.column("uid").to_pylist()]
-    clean = np.concatenate([t.column("clean").to_numpy(zero_copy_only=False) for t in tables]).astype(bool)
-    kept = np.isin(uids_to_pairs(uids), read_subset(subset, mmap=False))
-    if not kept.any():
-        return None
-    return {"clean_share": float(clean[kept].mean()), "clean_recall": float(kept[clean].mean()) if clean.any() else 0.0}
 
 
 def add_composition(rows: list[dict[str, Any]], seed_dirs: Sequence[Path]) -> None:
@@ -264,13 +196,17 @@ def machine_line(load_start: tuple[float, float, float], load_end: tuple[float, 
             f"at the start, {'/'.join(f'{x:.1f}' for x in load_end)} at the end.")
 
 
-def record(path: Path, title_time: datetime, machine: str, report: str) -> None:
+def record_section(path: Path, title: str, machine: str, body: str) -> None:
+    """Append ``## title``, the machine line and ``body`` to a results file (bench/RESULTS.md)."""
     from datacomp.formats.atomic import write_text
 
     old = path.read_text() if path.is_file() else "# Benchmark results\n"
-    section = (f"\n## Fidelity to the paper's baseline ranking (`bench/fidelity.py`), "
-               f"{title_time.strftime('%Y-%m-%d %H:%M UTC')}\n\n{machine}\n\n{report}")
-    write_text(path, old.rstrip("\n") + "\n" + section)
+    write_text(path, old.rstrip("\n") + "\n" + f"\n## {title}\n\n{machine}\n\n{body}")
+
+
+def record(path: Path, title_time: datetime, machine: str, report: str) -> None:
+    record_section(path, f"Fidelity to the paper's baseline ranking (`bench/fidelity.py`), "
+                         f"{title_time.strftime('%Y-%m-%d %H:%M UTC')}", machine, report)
 
 
 # ---- main ---------------------------------------------------------------------------------------

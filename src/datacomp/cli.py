@@ -72,7 +72,29 @@ def cmd_filter(a: argparse.Namespace) -> int:
     summary = run_filter(Path(a.pool), a.recipe, Path(a.out), overrides=_parse_sets(a.set),
                          executor=a.executor, workers=a.workers)
     print(format_summary(summary))
+    if a.explain:
+        _explain(Path(a.pool), Path(a.out), summary, a.explain)
     return 0
+
+
+def _explain(pool: Path, out: Path, summary: dict[str, Any], n: int) -> None:
+    import pyarrow.parquet as pq
+
+    from .filters.explain import explain_dropped
+    from .formats.atomic import atomic_path
+
+    table = explain_dropped(pool, summary, n)
+    path = out.with_suffix(".explain.parquet")
+    with atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+    rule = None
+    for r in table.to_pylist():
+        if r["rule"] != rule:
+            rule = r["rule"]
+            print(f"\ndropped by {rule}:")
+        text = " ".join(str(r.get("text") or "").split())
+        print(f"  {r['uid']}  {r['reason']}  {text[:60]!r}")
+    print(f"\nwrote {path} ({table.num_rows} rows: up to {n} per deciding rule, every column the recipe computed)")
 
 
 def cmd_reshard(a: argparse.Namespace) -> int:
@@ -176,6 +198,17 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from .report.build import build_report
+
+    out = Path(a.out) if a.out else Path(a.workdirs[0]) / "report"
+    rep = build_report(a.workdirs, out, n_samples=a.samples)
+    for note in rep.notes:
+        print(f"datacomp report: note: {note}", file=sys.stderr)
+    print(f"wrote {rep.index} ({rep.seconds:.1f} s)")
+    return 0
+
+
 def cmd_info(a: argparse.Namespace) -> int:
     from .info import show
 
@@ -224,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe parameter")
     sp.add_argument("--executor", choices=["local", "ray"], default="local")
     sp.add_argument("--list", action="store_true", help="list every op and recipe")
+    sp.add_argument("--explain", type=int, metavar="N", help="also show N dropped rows per deciding rule, with the "
+                    "values that decided, and write them to SUBSET.explain.parquet")
     workers(sp)
 
     sp = add("reshard", cmd_reshard, "materialise a subset as new webdataset shards")
@@ -323,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--seeds", metavar="N,N,...",
                       help="several seeds, one world each under WORKDIR/seed-N; tables give mean ± std")
     workers(sp)
+
+    sp = add("report", cmd_report, "an HTML report (results, published baselines, plots, ground truth, samples) "
+                                   "of every run under the given work directories")
+    sp.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="work directories (datacomp run) or run directories")
+    sp.add_argument("--out", help="directory for index.html, plots/ and samples/ (default FIRST_WORKDIR/report)")
+    sp.add_argument("--samples", type=int, default=8, help="kept and dropped samples shown per recipe (default %(default)s)")
 
     sp = add("info", cmd_info, "show the bundled scales, tasks or recipes")
     sp.add_argument("what", choices=["scales", "tasks", "recipes"])

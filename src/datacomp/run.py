@@ -3,7 +3,8 @@ for several recipes at one embedded scale, over one or several seeds, in one wor
 
 One seed (``--seed N``, or ``--seeds N``): under WORKDIR ``pool/``, ``subsets/<recipe>.npy``
 (+ .json), ``shards/<recipe>/``, ``runs/<recipe>/`` (checkpoints, eval_results.jsonl),
-``results.md``, ``results.csv``, ``run.json`` (stage timings).
+``results.md``, ``results.csv``, ``run.json`` (stage timings), ``report/index.html``
+(:mod:`datacomp.report.build`: every recipe ever run into WORKDIR, not only this call's).
 
 Several seeds (``--seeds 0,1,2``): one world per seed, ``WORKDIR/seed-N/`` holding exactly the
 one-seed layout above, then ``WORKDIR/results.md`` and ``results.csv`` with the mean ± sample
@@ -101,10 +102,11 @@ class LoopResult:
 def _run_world(scale: Scale, workdir: Path, recipes: list[str], seed: int, workers: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """One seed's world: the one-seed layout under ``workdir``; -> (rows, stage timings)."""
     from .embed import embed
-    from .evaluate import aggregate, evaluate
+    from .evaluate import evaluate
     from .filters import run_filter
     from .filters.reference_subsets import build_reference_subset, is_pseudo_recipe
     from .pool.synth import synthesize
+    from .report.rows import result_row
     from .reshard import reshard
     from .train import train
 
@@ -138,16 +140,8 @@ def _run_world(scale: Scale, workdir: Path, recipes: list[str], seed: int, worke
         run_dir = workdir / "runs" / label
         timed(f"train/{label}", train, scale, [shards], run_dir, seed=seed, workers=1)
         results = timed(f"evaluate/{label}", evaluate, run_dir, pool / "evalsets")
-        agg = aggregate(results)
-        row: dict[str, Any] = {
-            "recipe": label,
-            "dataset_size": int(summary["counts"]["kept"]),
-            "resharded": int(rm.counts.get("output_count", 0)),
-        }
-        for r in sorted(results, key=lambda r: r["key"]):
-            row[r["key"]] = r["metrics"].get("main_metric")
-        row["average"] = agg.get("average")
-        rows.append(row)
+        rows.append(result_row(label, results, {"dataset_size": int(summary["counts"]["kept"]),
+                                                "resharded": int(rm.counts.get("output_count", 0))}))
     timings["total"] = round(time.time() - t_start, 2)
     return rows, timings
 
@@ -199,10 +193,17 @@ def run_seeds(scale: str | Scale, workdir: Path, recipes: list[str], seeds: list
         write_json(workdir / "run.json", {"scale": scale.name, "seeds": seeds, "recipes": recipes,
                                           "timings": timings, "rows": rows,
                                           "per_seed": {str(s): r for s, r in per_seed.items()}})
+    from .report.build import build_report
+
+    rep = build_report([workdir], workdir / "report")
+    paths["report"] = rep.index
+    for note in rep.notes:
+        log.warning("report: %s", note)
     if echo:
         print(format_table(rows))
         also = f", {paths['results_per_seed_csv']}" if len(seeds) > 1 else ""
         print(f"\nwrote {md} and {csv}{also} ({total:.0f} s)")
+        print(f"report: {rep.index}")
     return LoopResult(rows=rows, per_seed=per_seed, timings=timings, paths=paths)
 
 

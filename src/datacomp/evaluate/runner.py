@@ -114,8 +114,9 @@ def evaluate(
         model = model.to(dev).eval()
         bs = batch_size or auto_batch_size(dev)
         log.info("loaded model of %s in %.1fs (%s)", run, time.time() - t0, dev)
-        for t in todo:
+        for k, t in enumerate(todo, 1):
             t1 = time.time()
+            log.info("evaluate %s: task %d of %d: %s", run, k, len(todo), t.key)
             es = opened[t.key]
             metrics, _ = RUNNERS[t.type](model, preprocess, tokenizer, es, bs, workers)
             metrics["main_metric"] = metrics.get(t.main_metric) if t.main_metric else None

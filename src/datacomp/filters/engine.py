@@ -71,10 +71,12 @@ class ShardColumns:
     them in one go; ``get(name)`` returns a column as a pyarrow array.
     """
 
-    def __init__(self, parquet: Path, steps: list[ShardOp], cache_dir: Path | None, env: OpEnv):
+    def __init__(self, parquet: Path, steps: list[ShardOp], cache_dir: Path | None, env: OpEnv,
+                 write_cache: bool = True):
         self.parquet = Path(parquet)
         self.steps = steps
         self.cache_dir = cache_dir
+        self.write_cache = write_cache  # False: read cached scores, never write (a reader such as the report)
         self.num_rows = parquet_num_rows(self.parquet)
         self.ctx = ShardContext(self.parquet, self.num_rows, dict(env.globals))
         for op in steps:
@@ -122,7 +124,7 @@ class ShardColumns:
 
     def _write_cache(self, op: ShardOp, values: dict[str, pa.Array]) -> None:
         path = self._cache_path(op)
-        if path is None:
+        if path is None or not self.write_cache:
             return
         table = pa.table(values).replace_schema_metadata({
             "fingerprint": self._cache_fingerprint(op),

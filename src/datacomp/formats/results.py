@@ -77,9 +77,14 @@ def read_results(path: str | os.PathLike, repair: bool = False) -> list[dict[str
     file when ``repair``; a complete last line that only lacks its newline is kept (``repair``
     adds the newline). A malformed line before the last one raises FormatError.
     """
+    return read_results_torn(path, repair)[0]
+
+
+def read_results_torn(path: str | os.PathLike, repair: bool = False) -> tuple[list[dict[str, Any]], int]:
+    """:func:`read_results` and how many bytes of a torn last line it ignored (0: none)."""
     p = Path(path)
     if not p.is_file():
-        return []
+        return [], 0
     data = p.read_bytes()
     parts = data.split(b"\n")
     complete, tail = parts[:-1], parts[-1]  # tail = bytes after the last newline
@@ -108,7 +113,7 @@ def read_results(path: str | os.PathLike, repair: bool = False) -> list[dict[str
             write_text(p, data[:keep].decode("utf-8", errors="replace"))
     elif repair and tail.strip():
         write_text(p, data.decode("utf-8") + "\n")
-    return rows
+    return rows, len(data) - keep
 
 
 def append_result(path: str | os.PathLike, row: dict[str, Any]) -> None:

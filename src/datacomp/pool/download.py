@@ -265,7 +265,7 @@ def run_img2dataset(url_list: Path, shards: Path, opts: DownloadOptions, mode: s
                                 preexec_fn=_die_with_parent)
         write_json(runner_file, {"pgid": proc.pid, "parent": os.getpid()}, indent=None)
         try:
-            rc = proc.wait()
+            rc = wait_reporting_shards(proc, shards, _url_list_shards(url_list, opts.samples_per_shard))
         except BaseException:  # interrupted: take img2dataset's workers down with us
             _kill_group(proc.pid)
             proc.wait()
@@ -281,6 +281,38 @@ def run_img2dataset(url_list: Path, shards: Path, opts: DownloadOptions, mode: s
     usage = _read_json(Path(cfg["rusage_out"])) or {}
     Path(cfg["rusage_out"]).unlink(missing_ok=True)
     return {"seconds": round(time.time() - t0, 3), "peak_rss_mb": usage.get("peak_rss_mb")}
+
+
+def _url_list_shards(url_list: Path, samples_per_shard: int) -> int | None:
+    try:
+        rows = pq.read_metadata(url_list).num_rows
+    except (OSError, pa.ArrowInvalid):
+        return None
+    return max(1, math.ceil(rows / max(1, samples_per_shard)))
+
+
+def wait_reporting_shards(proc: subprocess.Popen, shards: Path, total: int | None, poll: float = 2.0) -> int:
+    """Wait for img2dataset, reporting each shard it finishes (a new ``_stats.json``) as it lands:
+    one log line (successes / attempted) and a step of the progress display; -> the exit status."""
+    from ..progress import progress
+
+    seen = {p.name for p in shards.glob("*_stats.json")}
+    with progress(total=total, desc="download", unit="shards") as bar:
+        while True:
+            try:
+                rc: int | None = proc.wait(timeout=poll)
+            except subprocess.TimeoutExpired:
+                rc = None
+            for p in sorted(shards.glob("*_stats.json")):
+                if p.name in seen:
+                    continue
+                seen.add(p.name)
+                st = _read_json(p) or {}
+                log.info("download: shard %s done: %s of %s images fetched", p.name[: -len("_stats.json")],
+                         st.get("successes", "?"), st.get("count", "?"))
+                bar.update(1)
+            if rc is not None:
+                return rc
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

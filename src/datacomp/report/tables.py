@@ -36,7 +36,7 @@ def _task_short(key: str) -> str | None:
         return None
 
 
-def _registry_order() -> dict[str, int]:
+def registry_order() -> dict[str, int]:
     from ..evaluate.registry import load_tasks
 
     return {t.key: i for i, t in enumerate(load_tasks())}
@@ -53,7 +53,7 @@ def table_columns(rows: list[dict[str, Any]]) -> list[str]:
             if k not in keys:
                 keys.append(k)
     keys = [k for k in keys if not _is_std(k, keys)]
-    order = _registry_order()
+    order = registry_order()
     tasks = sorted((k for k in keys if k in order), key=order.__getitem__)
     unknown_metric = [k for k in keys if k not in order and "/" in k]  # unregistered task keys
     extra = [k for k in keys if k not in order and k not in LEAD and k not in TAIL and k not in unknown_metric]
@@ -76,7 +76,7 @@ def csv_columns(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _header(col: str) -> str:
+def column_header(col: str) -> str:
     if col == "dataset_size":
         return "size"
     return _task_short(col) or col
@@ -97,7 +97,7 @@ def _fmt(col: str, v: Any) -> str:
 COUNTS = ("dataset_size", "resharded")
 
 
-def _cell(col: str, row: dict[str, Any]) -> str:
+def format_cell(col: str, row: dict[str, Any]) -> str:
     text = _fmt(col, row.get(col))
     std = row.get(col + STD)
     if text != "-" and std is not None and not (isinstance(std, float) and math.isnan(std)):
@@ -107,8 +107,8 @@ def _cell(col: str, row: dict[str, Any]) -> str:
 
 def _cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     cols = table_columns(rows)
-    header = [_header(c) for c in cols]
-    body = [[_cell(c, r) for c in cols] for r in rows]
+    header = [column_header(c) for c in cols]
+    body = [[format_cell(c, r) for c in cols] for r in rows]
     return header, body
 
 

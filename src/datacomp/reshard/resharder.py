@@ -328,6 +328,12 @@ _REGULAR_TYPES = frozenset((b"0", b"\0", b"7"))
 _HDR = struct.Struct("100s24x12s12x8sc100x5s83x155s12x")
 
 
+def tar_members(tar: Path) -> list[tuple[str, int, int, bool]]:
+    """(name, data offset, size, regular file) of every member of ``tar`` that could be read, by
+    the resharder's header walk (a damaged tail ends the list where it starts)."""
+    return _read_headers(Path(tar), os.path.getsize(tar))[0]
+
+
 def _read_headers(tar: Path, file_size: int, peek: _Peek | None = None) -> tuple[list[tuple[str, int, int, bool]], int, str | None]:
     try:
         return _read_headers_fast(tar, file_size, peek)
