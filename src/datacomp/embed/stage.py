@@ -248,8 +248,7 @@ def _ckpt_identity(checkpoint: str | None) -> str | None:
     if checkpoint is None:
         return None
     p = Path(checkpoint)
-    if not p.is_file():
-        raise InputError(f"{p}: checkpoint file does not exist")
+    launch.read_state_dict(p)  # before --overwrite touches the finished stage: a bad file is refused first
     st = p.stat()
     return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 

@@ -33,6 +33,7 @@ from .. import __version__
 from ..errors import ConfigError, FormatError, InputError
 from ..executors import Unit, run_units
 from ..formats.atomic import atomic_path, write_json
+from ..formats.guard import check_apart, damaged_file, file_records
 from ..formats.manifest import manifest_digest
 from ..formats.pool import list_parquets, npz_path, one_array, parquet_num_rows, read_metadata
 from ._uids import merge_parts, uid_pairs, write_part
@@ -398,6 +399,7 @@ def run_filter(
     plan = load_recipe(recipe, overrides)
     pool_root, parquets = pool_parquets(pool)
     out = Path(out)
+    check_apart(out, {"pool metadata": sorted({p.parent for p in parquets})})
     sidecar_path = out.with_suffix(".json")
     if sidecar_path == out:
         raise ConfigError(f"{out}: the subset path must not end in .json (the sidecar goes there)")
@@ -421,11 +423,15 @@ def run_filter(
     if out.is_file() and sidecar_path.is_file():
         try:
             old = json.loads(sidecar_path.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             old = {}
-        if old.get("digest") == digest:
+        old = old if isinstance(old, dict) else {}
+        why = damaged_file(out.parent, old.get("files") or {}) if old.get("files") else f"{sidecar_path} records no file sizes"
+        if old.get("digest") == digest and why is None:
             log.info("%s: up to date (recipe %s), reusing it", out, plan.name)
             return {**old, "reused": True}
+        if old.get("digest") == digest:
+            log.warning("%s: not reusing it: %s; filtering again", out, why)
 
     work = out.parent / f".{out.name}.work"
     state_path = work / "state.json"
@@ -535,6 +541,7 @@ def run_filter(
         "pool": str(pool_root),
         "pool_manifest": manifest_digest(pool_root),
         "subset": str(out),
+        "files": file_records(out.parent, [out.name]),
         "globals": globals_,
         "global_steps": global_records,
         "counts": {"pool_rows": rows, "kept": kept, "removed": rows - kept, "shards": len(parquets),

@@ -1,6 +1,7 @@
 """Atomic file writes: a temporary name in the same directory, then an os.replace.
 
-A crash leaves either the old file or the new one, never half of one.
+A crash leaves either the old file or the new one, never half of one. Files get the mode the
+user's umask gives (0644 by default), not mkstemp's 0600.
 """
 from __future__ import annotations
 
@@ -8,9 +9,43 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it; done once, at import, before any thread writes
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+@contextlib.contextmanager
+def replaced_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty directory beside ``path``; swap it in for ``path`` if the block succeeds.
+
+    A failing block leaves the old ``path`` as it was (write aside, then swap): ``--overwrite``
+    never removes a finished output before its replacement is complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent))
+    new.chmod(0o777 & ~_UMASK)
+    old = path.with_name(f".{path.name}.old")
+    try:
+        yield new
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(new, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -27,6 +62,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():  # mkstemp makes 0600; the file gets what the user's umask gives
+            tmp_path.chmod(0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

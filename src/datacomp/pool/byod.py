@@ -37,7 +37,8 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError, FormatError, InputError
 from ..executors import Unit, run_units
-from ..formats.atomic import atomic_path
+from ..formats.atomic import atomic_path, replaced_dir
+from ..formats.guard import check_apart
 from ..formats.manifest import Manifest, read_manifest, write_manifest
 from ..formats.pool import POOL_COLUMNS, POOL_SCHEMA, write_metadata
 from ..formats.shards import IMAGE_EXTS, ShardWriter, list_shards, sample_key
@@ -114,19 +115,18 @@ def byod_metadata(
     """url/caption parquet or csv files -> ``POOL/metadata/{i:08d}.parquet`` in CommonPool columns."""
     pool = Path(pool)
     mdir = pool / "metadata"
-    if mdir.is_dir() and any(mdir.iterdir()):
-        if not overwrite:
-            raise InputError(f"{mdir}: already holds metadata; pass overwrite to replace it")
-        shutil.rmtree(mdir)
     if rows_per_file < 1:
         raise ConfigError(f"rows_per_file must be positive, got {rows_per_file}")
+    files = _input_files(inputs)
+    check_apart(mdir, {"table": files})
+    if mdir.is_dir() and any(mdir.iterdir()) and not overwrite:
+        raise InputError(f"{mdir}: already holds metadata; pass overwrite to replace it")
     t0 = time.time()
     seen: set[str] = set()
     uids: list[str] = []
     urls: list[str] = []
     texts: list[str] = []
     rows_in = dropped_empty = dropped_dup = 0
-    files = _input_files(inputs)
     for f in files:
         t = _read_table(f)
         uc = _pick(t.column_names, url_col, URL_COLUMNS, "url", f)
@@ -148,11 +148,11 @@ def byod_metadata(
             urls.append(u)
             texts.append(x)
     n = len(uids)
-    mdir.mkdir(parents=True, exist_ok=True)
     n_files = max(1, -(-n // rows_per_file))
-    for i in range(n_files):
-        sl = slice(i * rows_per_file, min(n, (i + 1) * rows_per_file))
-        write_metadata(mdir / f"{i:08d}.parquet", _pool_table(uids[sl], urls[sl], texts[sl]))
+    with replaced_dir(mdir) as new:  # every table is read before the old metadata goes
+        for i in range(n_files):
+            sl = slice(i * rows_per_file, min(n, (i + 1) * rows_per_file))
+            write_metadata(new / f"{i:08d}.parquet", _pool_table(uids[sl], urls[sl], texts[sl]))
     counts = {"input_rows": rows_in, "rows": n, "dropped_empty_url": dropped_empty, "dropped_duplicate_uid": dropped_dup,
               "metadata_files": n_files}
     m = Manifest(stage=STAGE, params={"inputs": [str(f.resolve()) for f in files], "url_col": url_col,
@@ -298,6 +298,7 @@ def byod_from_shards(
 ) -> Manifest:
     """Webdataset tars without CommonPool metadata -> a pool (shards + metadata); resumable."""
     source, pool = Path(source), Path(pool)
+    check_apart(pool, {"shards": source})
     tars = list_shards(source / "shards" if (source / "shards").is_dir() else source)
     params = {"source": str(source.resolve()), "tars": [t.name for t in tars], "uid": "md5(text + url)"}
     existing = read_manifest(pool)

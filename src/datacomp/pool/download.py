@@ -42,7 +42,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import ConfigError, DatacompError, InputError
-from ..formats.atomic import atomic_path, write_json
+from ..formats.atomic import atomic_path, replaced_dir, write_json
+from ..formats.guard import check_apart
 from ..formats.manifest import Manifest, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -118,14 +119,13 @@ def fetch_metadata(
         raise ConfigError("download needs metadata: a local path (--metadata) or a scale (--scale) for the HF hub")
     if source is not None:
         files = _local_metadata_files(source)
-        if mdir.exists():
-            shutil.rmtree(mdir)
-        mdir.mkdir(parents=True)
-        for f in files:
-            _copy(f, mdir / f.name)
-            npz = f.with_suffix(".npz")
-            if npz.is_file():
-                _copy(npz, mdir / npz.name)
+        check_apart(mdir, {"metadata": files})
+        with replaced_dir(mdir) as new:  # the old metadata goes only once the new is complete
+            for f in files:
+                _copy(f, new / f.name)
+                npz = f.with_suffix(".npz")
+                if npz.is_file():
+                    _copy(npz, new / npz.name)
         return sorted(mdir.glob("*.parquet"))
     return _hub_metadata(mdir, scale, download_npz)
 

@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import Scale, load_scale
-from ..errors import ConfigError, DatacompError, InputError, StageConflictError
+from ..errors import ConfigError, DatacompError, FormatError, InputError, StageConflictError
 from ..formats.atomic import atomic_path, write_bytes, write_json
+from ..formats.guard import check_apart
 from ..formats.manifest import Manifest, check_reusable, manifest_digest, write_manifest
 from . import models
 from .data import TrainData, find_train_data
@@ -438,6 +439,7 @@ def train(
     s = resolve_scale(scale)
     out = Path(out).expanduser().resolve()
     srcs = _sources(data)
+    check_apart(out, {"data": srcs, "checkpoint": resume if resume and resume != "latest" else None})
     per_source = [find_train_data(src) for src in srcs]
     tdata = find_train_data(srcs)
     weights = parse_weights(data_weights)
@@ -548,22 +550,33 @@ def train(
     return _finish(s, tdata, out, ckpt, cmd, params, wall, world, cpu, reps=reps, sources=[str(x) for x in srcs], data_weights=weights)
 
 
+def read_state_dict(ck: Path) -> dict[str, Any]:
+    """The model state dict of a torch checkpoint (``module.`` prefixes removed, tensors memory-mapped
+    where the format allows); a one-line InputError/FormatError for a missing or unreadable file."""
+    import torch
+
+    if not ck.is_file():
+        raise InputError(f"{ck}: checkpoint file does not exist")
+    try:
+        state = torch.load(ck, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        try:  # the legacy (non-zip) format cannot be memory-mapped
+            state = torch.load(ck, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise FormatError(f"{ck}: not a readable torch checkpoint ({type(e).__name__})") from None
+    sd = state.get("state_dict", state) if isinstance(state, dict) else None
+    if not isinstance(sd, dict) or not sd:
+        raise FormatError(f"{ck}: no model state dict in the checkpoint")
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+
 def check_checkpoint(checkpoint: str | os.PathLike, model_dir: str | os.PathLike) -> None:
     """One-line :class:`InputError` unless ``checkpoint`` holds weights for the model in ``model_dir``
     (same parameter names and shapes; the model is built on the meta device, no memory or time)."""
     import torch
 
     ck = Path(checkpoint)
-    if not ck.is_file():
-        raise InputError(f"{ck}: checkpoint file does not exist")
-    try:
-        state = torch.load(ck, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise FormatError(f"{ck}: not a readable torch checkpoint ({type(e).__name__})") from None
-    sd = state.get("state_dict", state) if isinstance(state, dict) else None
-    if not isinstance(sd, dict) or not sd:
-        raise FormatError(f"{ck}: no model state dict in the checkpoint")
-    sd = {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
+    sd = read_state_dict(ck)
     import open_clip
 
     with torch.device("meta"):
