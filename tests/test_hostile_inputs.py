@@ -8,6 +8,7 @@ by a timeout far below what the case would take to do damage.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -250,31 +252,32 @@ def test_filter_reuse_redoes_a_truncated_subset(world: Path, caplog):
 
 # ---- strict inputs that are handled, not refused -------------------------------------------------
 
-def test_link_members_are_unsafe_not_samples(world: Path):
-    import io
-    import tarfile
-
-    from datacomp.reshard import reshard
-
+@pytest.mark.parametrize("link", [tarfile.SYMTYPE, tarfile.LNKTYPE], ids=["symlink", "hardlink"])
+@pytest.mark.parametrize("verb", ["reshard", "byod"])
+def test_link_members_are_unsafe_not_samples(world: Path, verb: str, link: bytes):
     src = world / "links"
     src.mkdir()
     with tarfile.open(src / "00000000.tar", "w") as tf:
-        def add(name: str, data: bytes) -> None:
-            ti = tarfile.TarInfo(name)
+        def add(ti: tarfile.TarInfo, data: bytes = b"") -> None:
             ti.size = len(data)
             tf.addfile(ti, io.BytesIO(data))
         for i, uid in enumerate(["%032x" % 1, "%032x" % 2]):
-            add(f"{i:09d}.json", json.dumps({"uid": uid}).encode())
-            add(f"{i:09d}.txt", b"caption")
-            if i == 0:
-                add(f"{i:09d}.jpg", jpeg(0))
-            else:
-                link = tarfile.TarInfo(f"{i:09d}.jpg")
-                link.type = tarfile.SYMTYPE
-                link.linkname = "/etc/passwd"
-                tf.addfile(link)
-    m = reshard(src, world / "subset.npy", world / "out", workers=1)
-    assert m.counts["unsafe_member_count"] == 1 and m.counts["output_count"] == 1
+            add(tarfile.TarInfo(f"{i:09d}.json"), json.dumps({"uid": uid, "url": f"http://h/{i}"}).encode())
+            add(tarfile.TarInfo(f"{i:09d}.txt"), b"caption %d" % i)
+            img = tarfile.TarInfo(f"{i:09d}.jpg")
+            if i == 1:
+                img.type, img.linkname = link, "/etc/passwd" if link == tarfile.SYMTYPE else "000000000.jpg"
+            add(img, jpeg(i) if i == 0 else b"")
+    if verb == "reshard":
+        from datacomp.reshard import reshard
+
+        m = reshard(src, world / "subset.npy", world / "out", workers=1)
+        assert m.counts["unsafe_member_count"] == 1 and m.counts["output_count"] == 1
+    else:
+        from datacomp.pool.byod import byod_from_shards
+
+        m = byod_from_shards(src, world / "out", workers=1, executor="local")
+        assert m.counts["with_link_member"] == 1 and m.counts["samples"] == 1
 
 
 def test_outputs_get_the_users_umask(world: Path):

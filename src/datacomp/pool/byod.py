@@ -179,6 +179,9 @@ def _pool_table(uids, urls, texts, widths=None, heights=None, sha=None) -> pa.Ta
 
 # ---- existing webdataset shards -> pool -------------------------------------------------------------
 
+LINK = "\0link"  # the files key of a member that is a hard or symbolic link: the sample is unsafe, skipped
+
+
 def _read_tar_samples(path: str) -> tuple[list[tuple[str, dict[str, bytes]]], str | None]:
     """Samples of one tar (grouped by key), refusing members that escape the directory."""
     out: list[tuple[str, dict[str, bytes]]] = []
@@ -187,7 +190,8 @@ def _read_tar_samples(path: str) -> tuple[list[tuple[str, dict[str, bytes]]], st
         with tarfile.open(path, "r|*") as tf:
             cur_key, cur = None, {}
             for m in tf:
-                if not m.isfile():
+                link = m.islnk() or m.issym()
+                if not (m.isfile() or link):
                     continue
                 name = m.name
                 if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
@@ -196,13 +200,13 @@ def _read_tar_samples(path: str) -> tuple[list[tuple[str, dict[str, bytes]]], st
                 if "." not in base:
                     continue
                 key, ext = base.split(".", 1)
-                f = tf.extractfile(m)
+                f = None if link else tf.extractfile(m)
                 data = f.read() if f is not None else b""
                 if key != cur_key:
                     if cur_key is not None:
                         out.append((cur_key, cur))
                     cur_key, cur = key, {}
-                cur[ext.lower()] = data
+                cur[LINK if link else ext.lower()] = data
             if cur_key is not None:
                 out.append((cur_key, cur))
     except (tarfile.TarError, EOFError, OSError) as e:
@@ -221,7 +225,7 @@ def _image(files: dict[str, bytes]) -> tuple[str, bytes] | None:
 
 def _describe(key: str, files: dict[str, bytes]) -> dict[str, Any] | None:
     img = _image(files)
-    if img is None:
+    if img is None or LINK in files:
         return None
     meta: dict[str, Any] = {}
     if "json" in files:
@@ -239,17 +243,18 @@ def _describe(key: str, files: dict[str, bytes]) -> dict[str, Any] | None:
 
 def scan_byod_unit(tar: str, out: str) -> dict[str, Any]:
     samples, error = _read_tar_samples(tar)
-    uids, skipped = [], 0
+    uids, skipped, unsafe = [], 0, 0
     for key, files in samples:
         d = _describe(key, files)
         if d is None:
-            skipped += 1
+            unsafe += LINK in files
+            skipped += LINK not in files
             uids.append(None)
         else:
             uids.append(d["uid"])
     with atomic_path(out, suffix=".parquet") as tmp:
         pq.write_table(pa.table({"uid": pa.array(uids, pa.string())}), tmp)
-    return {"samples": len(samples), "without_image": skipped, "error": error}
+    return {"samples": len(samples), "without_image": skipped, "with_link_member": unsafe, "error": error}
 
 
 def write_byod_unit(index: int, tar: str, keep_path: str, pool: str) -> dict[str, Any]:
@@ -339,6 +344,7 @@ def byod_from_shards(
         "input_samples": sum(s["samples"] for s in scans.values()),
         "samples": sum(r["written"] for r in res.values()),
         "without_image": sum(s["without_image"] for s in scans.values()),
+        "with_link_member": sum(s.get("with_link_member", 0) for s in scans.values()),
         "undecodable_images": sum(r["undecodable"] for r in res.values()),
         "duplicate_uids": dup,
         "damaged_tars": sorted(n for n, s in scans.items() if s["error"]),
