@@ -332,3 +332,74 @@ def test_file_size_limit_is_one_line_and_keeps_the_old_output(world: Path):
     assert p.returncode == 2 and len(lines) == 1 and "File too large" in lines[0] and "re-run" in lines[0], p.stderr
     assert str(world / "out") in lines[0]
     assert changed(before, snapshot(world)) == []
+
+
+# ---- a killed parent takes its children; one train per run directory -----------------------------
+
+def test_busy_run_directory_refuses_naming_the_holder(world: Path, capsys):
+    from datacomp.executors.children import dir_lock
+
+    run = world / "run"
+    with dir_lock(run, "train"):
+        before = snapshot(world)
+        code = main(["train", "--scale", "synth_test", "--data", str(world / "resharded"), "--out", str(run)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and f"pid {os.getpid()}" in err[0] and str(run) in err[0]
+        assert changed(before, snapshot(world)) == []
+    assert not (run / ".lock").exists()
+
+
+def test_unreadable_training_data_fails_fast_with_bounded_logs(tmp_path: Path):
+    """webdataset's endless "... Ignoring" lines on data with no valid sample end the run."""
+    from datacomp.errors import FormatError
+    from datacomp.train import launch
+
+    spin = "import sys\nwhile True: print('wds | WARNING | invalid header in shard, Ignoring', flush=True)"
+    with pytest.raises(FormatError, match="yields no valid sample"):
+        launch._stream([sys.executable, "-c", spin], dict(os.environ), tmp_path / "stdout.log")
+    assert (tmp_path / "stdout.log").stat().st_size < 200_000
+
+
+def _trainers_of(parent: int) -> list[int]:
+    from datacomp.executors.children import group_members
+
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == parent and b"openclip_entry" in (d / "cmdline").read_bytes():
+                    found.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return [p for p in found if group_members(p)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_killed_train_takes_the_trainer_along(world: Path, sig):
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "datacomp.cli", "train", "--scale", "synth_test", "--data",
+                          str(world / "resharded"), "--out", str(world / "run"), "--device", "cpu"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        kids: list[int] = []
+        while not kids and time.time() < deadline and p.poll() is None:
+            kids = _trainers_of(p.pid)
+            time.sleep(0.05)
+        assert kids, "the trainer never started"
+        p.send_signal(sig)
+        p.wait(timeout=30)
+        deadline = time.time() + 15
+        while any(Path(f"/proc/{k}").exists() and "Z" not in Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1][:3]
+                  for k in kids) and time.time() < deadline:
+            time.sleep(0.05)
+        alive = [k for k in kids if Path(f"/proc/{k}").exists()
+                 and "Z" not in Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1][:3]]
+        assert alive == [], f"trainer {alive} outlived its parent"
+        if sig == signal.SIGTERM:
+            assert p.returncode == 130 and "interrupted" in p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()

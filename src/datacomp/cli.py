@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -383,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    previous = _interrupt_on_sigterm()
     try:
         return a.fn(a)
     except DatacompError as e:
@@ -394,8 +396,21 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(describe_os_error(e, next((getattr(a, k) for k in ("out", "pool", "workdir", "dest")
                                                 if getattr(a, k, None)), None)))
     except KeyboardInterrupt:
-        print("datacomp: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+        return _fail("interrupted; finished units are kept, re-run the same command to resume", 130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt_on_sigterm():
+    """SIGTERM raises KeyboardInterrupt, so stages end their child processes on the way out."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (main() called from a worker thread)
+        return None
 
 
 if __name__ == "__main__":
