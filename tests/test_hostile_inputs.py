@@ -113,6 +113,19 @@ def _fake_ckpt(w: Path) -> Path:
     return _write(w / "garbage.pt", b"not a checkpoint at all" * 10)
 
 
+def _npz_scores(damage: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], list[str]]:
+    """The pool's b32 image embeddings damaged; a recipe that scores from the npz."""
+    def setup(w: Path) -> list[str]:
+        from datacomp.formats.pool import write_npz
+
+        npz = w / "pool" / "metadata" / "00000000.npz"
+        with np.load(npz) as z:
+            write_npz(npz, {"b32_img": damage(z["b32_img"])})
+        recipe = "steps:\n  - op: clip_score\n    arch: b32\n    source: npz\nkeep: ['clip_b32_similarity_score > -2']\n"
+        return _recipe(recipe)(w)
+    return setup
+
+
 W = lambda w, *p: str(w.joinpath(*p))  # noqa: E731
 
 CASES = [
@@ -194,6 +207,8 @@ CASES = [
     Case("reshard-empty-subset", _subset_file(_empty_subset_bytes()), ("odd.npy", "--allow-empty")),
     Case("reshard-truncated-subset", lambda w: _subset_file((w / "subset.npy").read_bytes()[:-5])(w), ("odd.npy",)),
     Case("reshard-manifest-is-list", _manifest_list, ("manifest.json",)),
+    Case("filter-all-zero-embeddings", _npz_scores(lambda a: a * 0), ("00000000.npz", "all-zero")),
+    Case("filter-non-unit-embeddings", _npz_scores(lambda a: a * 3), ("00000000.npz", "unit norm")),
 ]
 
 
@@ -403,3 +418,31 @@ def test_killed_train_takes_the_trainer_along(world: Path, sig):
     finally:
         if p.poll() is None:
             p.kill()
+
+
+# ---- a truncated input shard: a visible loss, or with --strict an error --------------------------
+
+def _truncate_pool_shard(w: Path) -> Path:
+    tar = w / "pool" / "shards" / "00000000.tar"
+    tar.write_bytes(tar.read_bytes()[: 512 * 9 + 100])  # cut inside the third sample: 2 of 6 readable
+    return tar
+
+
+@pytest.mark.parametrize("verb", ["reshard", "byod"])
+@pytest.mark.parametrize("strict", [False, True], ids=["warn", "strict"])
+def test_truncated_input_shard_is_a_visible_loss(world: Path, capsys, verb: str, strict: bool):
+    tar = _truncate_pool_shard(world)
+    argv = (["reshard", "--pool", str(world / "pool"), "--subset", str(world / "subset.npy"), "--out", str(world / "out")]
+            if verb == "reshard" else ["byod", "--shards", str(world / "pool" / "shards"), "--out", str(world / "out")])
+    before = snapshot(world)
+    code = main(argv + ["--workers", "1"] + (["--strict"] if strict else []))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert changed(before, snapshot(world)) == []
+    assert str(tar) in err[-1] and "damaged input shard" in err[-1]
+    if strict:
+        assert code == 2 and len(err) == 1 and err[0].startswith("datacomp: error:") and "--strict" in err[0]
+        assert not (world / "out" / "manifest.json").exists()
+    else:
+        assert code == 0 and err[-1].startswith("datacomp: warning:")
+        assert "samples lost" in err[-1] and (verb == "byod" or "4 samples lost" in err[-1])
+        assert json.loads((world / "out" / "manifest.json").read_text())["losses"]["damaged_shards"]

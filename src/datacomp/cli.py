@@ -98,9 +98,20 @@ def cmd_reshard(a: argparse.Namespace) -> int:
 
     m = reshard(Path(a.pool), Path(a.subset), Path(a.out), shard_size=a.shard_size, workers=a.workers,
                 executor=a.executor, overwrite=a.overwrite, shuffle_bufsize=a.shuffle_bufsize, seed=a.seed,
-                apply_blur=a.apply_blur, reencode=a.reencode, quality=a.quality)
+                apply_blur=a.apply_blur, reencode=a.reencode, quality=a.quality, allow_empty=a.allow_empty,
+                strict=a.strict)
     print(json.dumps({"out": a.out, "counts": m.counts}, indent=2))
+    _warn_losses(m)
     return 0
+
+
+def _warn_losses(m) -> None:
+    """The last line a stage prints: what damaged input shards cost (nothing when none were)."""
+    from .formats.shards import describe_losses
+
+    line = describe_losses(m.extra.get("losses") or {})
+    if line is not None:
+        print(f"datacomp: warning: {line}; --strict makes this an error", file=sys.stderr)
 
 
 def _download_options(a: argparse.Namespace):
@@ -141,8 +152,10 @@ def cmd_byod(a: argparse.Namespace) -> int:
         m = byod_metadata(a.table, Path(a.out), url_col=a.url_col, text_col=a.text_col,
                           rows_per_file=a.rows_per_file, overwrite=a.overwrite)
     else:
-        m = byod_from_shards(Path(a.shards), Path(a.out), workers=a.workers, executor=a.executor, overwrite=a.overwrite)
+        m = byod_from_shards(Path(a.shards), Path(a.out), workers=a.workers, executor=a.executor, overwrite=a.overwrite,
+                             strict=a.strict)
     print(json.dumps({"pool": a.out, "counts": m.counts}, indent=2, default=str))
+    _warn_losses(m)
     return 0
 
 
@@ -255,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--apply-blur", action="store_true", help="blur face_bboxes from the pool's metadata")
     sp.add_argument("--reencode", choices=["webp", "jpg"], default="webp", help="format of blurred images")
     sp.add_argument("--quality", type=_count(1, 100), default=100, help="re-encoding quality of blurred images")
+    sp.add_argument("--allow-empty", action="store_true", help="write an empty output for an empty subset")
+    sp.add_argument("--strict", action="store_true", help="a damaged input shard is an error, not a warning")
     sp.add_argument("--overwrite", action="store_true")
     workers(sp)
 
@@ -294,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--text-col")
     sp.add_argument("--rows-per-file", type=POSITIVE, default=500_000)
     sp.add_argument("--shards", help="a directory of webdataset tars")
+    sp.add_argument("--strict", action="store_true", help="a damaged input tar is an error, not a warning")
     sp.add_argument("--executor", choices=["local", "ray"], default="local")
     sp.add_argument("--overwrite", action="store_true")
     workers(sp)

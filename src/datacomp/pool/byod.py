@@ -41,7 +41,7 @@ from ..formats.atomic import atomic_path, replaced_dir
 from ..formats.guard import check_apart
 from ..formats.manifest import Manifest, read_manifest, write_manifest
 from ..formats.pool import POOL_COLUMNS, POOL_SCHEMA, write_metadata
-from ..formats.shards import IMAGE_EXTS, ShardWriter, list_shards, sample_key
+from ..formats.shards import IMAGE_EXTS, ShardWriter, check_losses, list_shards, losses_record, sample_key
 
 log = logging.getLogger(__name__)
 
@@ -300,8 +300,11 @@ def byod_from_shards(
     workers: int = 2,
     executor: str = "local",
     overwrite: bool = False,
+    strict: bool = False,
 ) -> Manifest:
-    """Webdataset tars without CommonPool metadata -> a pool (shards + metadata); resumable."""
+    """Webdataset tars without CommonPool metadata -> a pool (shards + metadata); resumable.
+
+    Damaged input tars are recorded in the manifest (``losses``); ``strict`` makes them an error."""
     source, pool = Path(source), Path(pool)
     check_apart(pool, {"shards": source})
     tars = list_shards(source / "shards" if (source / "shards").is_dir() else source)
@@ -309,6 +312,7 @@ def byod_from_shards(
     existing = read_manifest(pool)
     if existing is not None:
         if existing.stage == STAGE and existing.params == json.loads(json.dumps(params)) and not overwrite:
+            check_losses(existing.extra.get("losses") or {}, strict)
             return existing
         if not overwrite:
             raise InputError(f"{pool}: already holds a pool; pass overwrite to replace it")
@@ -320,6 +324,8 @@ def byod_from_shards(
     t0 = time.time()
     scan_units = [Unit(f"{i:08d}", (str(t), str(work / "scan" / f"{i:08d}.parquet"))) for i, t in enumerate(tars)]
     scans = run_units(scan_byod_unit, scan_units, work / "scan", workers=workers, executor=executor, desc="byod: scan")
+    losses = losses_record({str(tars[int(n)]): s["error"] for n, s in scans.items() if s["error"]}, None)
+    check_losses(losses, strict)  # before anything is written
     # global first-occurrence dedup on uid, in input order
     seen: set[str] = set()
     dup = 0
@@ -349,7 +355,8 @@ def byod_from_shards(
         "duplicate_uids": dup,
         "damaged_tars": sorted(n for n, s in scans.items() if s["error"]),
     }
-    m = Manifest(stage=STAGE, params=params, counts=counts, timings={"total": round(time.time() - t0, 3)})
+    m = Manifest(stage=STAGE, params=params, counts=counts, timings={"total": round(time.time() - t0, 3)},
+                 extra={"losses": losses})
     write_manifest(pool, m)
     shutil.rmtree(work, ignore_errors=True)
     return m

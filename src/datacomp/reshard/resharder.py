@@ -26,7 +26,7 @@ from ..formats.atomic import atomic_path, file_sha256, write_json
 from ..formats.guard import check_apart, file_records
 from ..formats.manifest import MANIFEST_NAME, Manifest, check_reusable, manifest_digest, write_manifest
 from ..formats.pool import one_array
-from ..formats.shards import SHARD_FORMAT, list_shards, read_stats
+from ..formats.shards import SHARD_FORMAT, check_losses, list_shards, losses_record, read_stats
 from ..formats.uids import read_subset
 from ..progress import progress
 from . import fasttar
@@ -1041,6 +1041,22 @@ def _local_mode(executor: str, n: int, process_min: int) -> str:
 
 # ---- the stage -----------------------------------------------------------------------------------
 
+def _scan_losses(shards: list[Path], scans: dict[str, dict[str, Any]]) -> tuple[dict, dict, dict]:
+    """(count mismatches, unreadable shards, :func:`losses_record`) from the scan's results."""
+    mismatches = {p.name: {"expected": scans[p.stem]["expected"], "found": scans[p.stem]["processed"]}
+                  for p in shards if scans[p.stem]["expected"] is not None and scans[p.stem]["expected"] != scans[p.stem]["processed"]}
+    corrupt = {p.name: scans[p.stem]["error"] for p in shards if scans[p.stem]["error"]}
+    damaged = {}
+    for p in shards:
+        why = [corrupt[p.name]] if p.name in corrupt else []
+        if p.name in mismatches:
+            why.append(f"{mismatches[p.name]['found']} of {mismatches[p.name]['expected']} samples readable")
+        if why:
+            damaged[str(p)] = "; ".join(why)
+    lost = sum(max(0, m["expected"] - m["found"]) for m in mismatches.values())
+    return mismatches, corrupt, losses_record(damaged, lost)
+
+
 def _input_shards(pool: Path) -> list[Path]:
     if not pool.is_dir():
         raise InputError(f"{pool}: pool directory does not exist")
@@ -1081,12 +1097,14 @@ def reshard(
     reencode: str = "webp",
     quality: int = 100,
     allow_empty: bool = False,
+    strict: bool = False,
 ) -> Manifest:
     """Write the subset's samples of ``pool`` (a pool dir with shards/, or a dir of tars) to ``out``.
 
     ``shuffle_bufsize`` > 0: the emitted sequence is shuffled in consecutive windows of that many
     samples (seeded by ``seed``; a sample moves less than one window), instead of input order.
-    An empty subset is an error unless ``allow_empty``.
+    An empty subset is an error unless ``allow_empty``. Samples lost to damaged input shards are
+    recorded in the manifest (``losses``); ``strict`` makes any loss an error.
     ``apply_blur``: blur the faces listed in ``POOL/metadata``'s ``face_bboxes`` (DATACOMP.md
     §3.2) and re-encode those images as ``reencode`` (webp, quality 100, like the reference's
     ``--apply-blur``); images without faces are copied unchanged.
@@ -1121,6 +1139,7 @@ def reshard(
     was_complete = (out / MANIFEST_NAME).is_file()
     existing = check_reusable(out, STAGE, params, overwrite)
     if existing is not None:
+        check_losses(existing.extra.get("losses") or {}, strict)
         log.info("%s: already resharded with these parameters, reusing it", out)
         shutil.rmtree(out / WORK, ignore_errors=True)
         return existing
@@ -1184,6 +1203,8 @@ def reshard(
     if t_pipe is None:
         t_scan = time.time() - t0
 
+    check_losses(_scan_losses(shards, scans)[2], strict)  # before anything is packed
+
     # plan: emitted sequence in input order, cut into output shards of shard_size
     emitted = [scans[p.stem]["emitted"] for p in shards]
     total = int(sum(emitted))
@@ -1244,9 +1265,7 @@ def reshard(
     duplicated_in_pool = int(len(found_uids) - len(found_unique))
 
     processed = int(sum(s["processed"] for s in scans.values()))
-    mismatches = {p.name: {"expected": scans[p.stem]["expected"], "found": scans[p.stem]["processed"]}
-                  for p in shards if scans[p.stem]["expected"] is not None and scans[p.stem]["expected"] != scans[p.stem]["processed"]}
-    corrupt_shards = {p.name: scans[p.stem]["error"] for p in shards if scans[p.stem]["error"]}
+    mismatches, corrupt_shards, losses = _scan_losses(shards, scans)
     if missing_uids:
         log.warning("%d uids of the subset (%d subset rows) were not found in the input shards", missing_uids, missing_rows)
     for name, mm in mismatches.items():
@@ -1285,7 +1304,7 @@ def reshard(
     write_json(out / META, meta)
     inputs = {"pool": manifest_digest(pool)} if (pool / MANIFEST_NAME).is_file() else {}
     manifest = Manifest(stage=STAGE, params=params, inputs=inputs, counts=counts, timings=timings,
-                        extra={"meta": META, "sample_ids": SAMPLE_IDS,
+                        extra={"meta": META, "sample_ids": SAMPLE_IDS, "losses": losses,
                                "shards": f"{{{0:08d}..{max(n_out - 1, 0):08d}}}.tar" if n_out else None,
                                "files": file_records(out, [META, SAMPLE_IDS] + [
                                    n for o in range(n_out) for n in (SHARD_FORMAT.format(o), f"{o:08d}_stats.json")])})

@@ -144,8 +144,6 @@ def find_train_data(data: str | os.PathLike | list[str | os.PathLike]) -> TrainD
         pats, sh = _discover(Path(item).expanduser().resolve())
         patterns += pats
         shards += sh
-    for s in shards:
-        check_tar_head(s)
     total: int | None = 0
     for s in shards:
         st = read_stats(s)

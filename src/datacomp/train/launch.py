@@ -47,7 +47,7 @@ from ..executors.children import LOCK_NAME, dir_lock, ended_with_us, spawn
 from ..formats.guard import check_apart
 from ..formats.manifest import Manifest, check_reusable, manifest_digest, write_manifest
 from . import models
-from .data import TrainData, find_train_data
+from .data import TrainData, check_tar_head, find_train_data
 
 log = logging.getLogger(__name__)
 
@@ -508,6 +508,9 @@ def train(
         with tempfile.TemporaryDirectory(prefix="datacomp-model-") as d:
             models.materialise(s.model, d)
             check_checkpoint(resume, d)
+    if not slurm:  # training here: every shard must at least start like a tar (a Slurm job's may not exist yet)
+        for shard in tdata.shards:
+            check_tar_head(shard)
     params = _params(s, tdata, seed, world, accum_freq, precision, extra_args, weights)
     with dir_lock(out, "train"):  # a second train on this run directory refuses, naming this pid
         done = _prepare_out(out, params, overwrite)
