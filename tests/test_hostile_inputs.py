@@ -446,3 +446,54 @@ def test_truncated_input_shard_is_a_visible_loss(world: Path, capsys, verb: str,
         assert code == 0 and err[-1].startswith("datacomp: warning:")
         assert "samples lost" in err[-1] and (verb == "byod" or "4 samples lost" in err[-1])
         assert json.loads((world / "out" / "manifest.json").read_text())["losses"]["damaged_shards"]
+
+
+# ---- tidy: nothing of a killed run is left inside a finished output ------------------------------
+
+def _stale(directory: Path, name: str, suffix: str = "") -> Path:
+    """What a writer killed inside ``atomic_path`` leaves: ``.NAME.XXXXXXXX.tmpSUFFIX``."""
+    import tempfile
+
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, p = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=directory)
+    os.write(fd, b"half a file")
+    os.close(fd)
+    return Path(p)
+
+
+def _temps(root: Path) -> list[str]:
+    from datacomp.formats.atomic import _TEMP
+
+    return sorted(str(p.relative_to(root)) for p in root.rglob(".*") if _TEMP.match(p.name) or p.name.endswith(".work"))
+
+
+@pytest.mark.parametrize("verb", ["reshard", "byod", "filter"])
+def test_rerun_after_a_crash_leaves_no_temporaries(world: Path, monkeypatch, verb: str):
+    from datacomp.filters import run_filter
+    from datacomp.pool import byod as byod_mod
+    from datacomp.reshard import reshard, resharder
+
+    out = world / "out"
+    stage = {
+        "reshard": lambda: reshard(world / "pool", world / "subset.npy", out, shard_size=2, workers=1),
+        "byod": lambda: byod_mod.byod_from_shards(world / "pool" / "shards", out, workers=1),
+        "filter": lambda: run_filter(world / "pool", "no_filter", out / "s.npy", workers=1),
+    }[verb]
+    if verb != "filter":  # killed just before the manifest, with half-written files about
+        module = resharder if verb == "reshard" else byod_mod
+
+        def killed(*a, **k):
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as m:
+            m.setattr(module, "write_manifest", killed)
+            with pytest.raises(KeyboardInterrupt):
+                stage()
+        _stale(out, "00000000.tar", ".tar")
+        _stale(out / ("shards" if verb == "byod" else "."), "00000001_stats.json")
+    else:
+        _stale(out, "s.npy", ".npy")
+        (out / ".s.npy.work").mkdir()
+    assert _temps(out)
+    stage()
+    assert _temps(out) == []

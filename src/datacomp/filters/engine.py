@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from .. import __version__
 from ..errors import ConfigError, FormatError, InputError
 from ..executors import Unit, run_units
-from ..formats.atomic import atomic_path, write_json
+from ..formats.atomic import atomic_path, sweep_temps, write_json
 from ..formats.guard import check_apart, damaged_file, file_records
 from ..formats.manifest import manifest_digest
 from ..formats.pool import list_parquets, npz_path, one_array, parquet_num_rows, read_metadata
@@ -429,6 +429,7 @@ def run_filter(
         why = damaged_file(out.parent, old.get("files") or {}) if old.get("files") else f"{sidecar_path} records no file sizes"
         if old.get("digest") == digest and why is None:
             log.info("%s: up to date (recipe %s), reusing it", out, plan.name)
+            _tidy(out, sidecar_path)
             return {**old, "reused": True}
         if old.get("digest") == digest:
             log.warning("%s: not reusing it: %s; filtering again", out, why)
@@ -554,9 +555,15 @@ def run_filter(
         "created": time.time(),
     }
     write_json(sidecar_path, sidecar)
-    shutil.rmtree(work, ignore_errors=True)
+    _tidy(out, sidecar_path)
     log.info("%s: kept %d of %d rows (%.2f%%) -> %s", plan.name, kept, rows, 100 * kept / max(rows, 1), out)
     return sidecar
+
+
+def _tidy(out: Path, sidecar: Path) -> None:
+    """A finished subset leaves nothing of killed runs beside it: its work dir and temporaries."""
+    shutil.rmtree(out.parent / f".{out.name}.work", ignore_errors=True)
+    sweep_temps(out.parent, [out.name, sidecar.name])
 
 
 def _values_of(op: GlobalOp, globals_: dict[str, Any]) -> list[str]:

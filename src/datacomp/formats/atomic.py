@@ -9,10 +9,11 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 def _read_umask() -> int:
@@ -68,6 +69,24 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp|new)(\..*)?$")  # what atomic_path / replaced_dir name
+
+
+def sweep_temps(directory: str | os.PathLike, names: Iterable[str] | None = None) -> int:
+    """Remove the temporaries that killed writers left in ``directory`` (only those of ``names``
+    when given); a stage calls this as it finishes, when no writer of its own is running. -> count."""
+    d = Path(directory)
+    if not d.is_dir():
+        return 0
+    prefixes = tuple(f".{n}." for n in names) if names is not None else None
+    n = 0
+    for p in d.iterdir():
+        if _TEMP.match(p.name) and (prefixes is None or p.name.startswith(prefixes)):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            n += 1
+    return n
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

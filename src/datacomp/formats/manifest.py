@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import FormatError, StageConflictError
-from .atomic import write_json
+from .atomic import sweep_temps, write_json
 from .guard import damaged_file
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,11 @@ def manifest_path(out_dir: str | os.PathLike) -> Path:
 
 
 def write_manifest(out_dir: str | os.PathLike, manifest: Manifest) -> Path:
+    """Write the manifest last, after removing what killed earlier runs left in ``out_dir`` and
+    its sub-directories (temporary files of :mod:`.atomic`): a finished output holds none."""
+    root = Path(out_dir)
+    for d in [root, *(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())] if root.is_dir() else []:
+        sweep_temps(d)
     path = manifest_path(out_dir)
     write_json(path, manifest.to_json())
     return path

@@ -29,7 +29,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -249,9 +248,8 @@ def run_img2dataset(url_list: Path, shards: Path, opts: DownloadOptions, mode: s
     env = dict(os.environ)
     env.update({"NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
                 "WANDB_MODE": "disabled", "OPENCV_IO_MAX_IMAGE_PIXELS": str(int(opts.max_pixels))})
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, dir=shards.parent) as f:
-        json.dump(cfg, f)
-        cfg_path = f.name
+    cfg_path = str(shards.parent / f".{shards.name}.i2d-config.json")  # one name: a killed run's is overwritten
+    write_json(cfg_path, cfg)
     t0 = time.time()
     runner_file = shards.parent / f".{shards.name}.runner.json"
     reap_stale_runner(runner_file)
