@@ -64,6 +64,14 @@ def file_records(root: str | os.PathLike, names: Iterable[str]) -> dict[str, dic
     return out
 
 
+def tree_records(root: str | os.PathLike, dirs: Iterable[str]) -> dict[str, dict[str, object]]:
+    """:func:`file_records` of every visible regular file below ``root/d`` for each of ``dirs``."""
+    root = Path(root)
+    names = [str(p.relative_to(root)) for d in dirs if (root / d).is_dir() for p in sorted((root / d).rglob("*"))
+             if p.is_file() and not p.is_symlink() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    return file_records(root, names)
+
+
 def damaged_file(root: str | os.PathLike, records: Mapping[str, Mapping[str, object]]) -> str | None:
     """Why the recorded files under ``root`` differ from what was recorded (None when intact)."""
     root = Path(root)

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from ..errors import ConfigError, FormatError, InputError
 from ..executors import Unit, run_units
 from ..formats.atomic import atomic_path, replaced_dir
-from ..formats.guard import check_apart
+from ..formats.guard import check_apart, damaged_file, tree_records
 from ..formats.manifest import Manifest, read_manifest, write_manifest
 from ..formats.pool import POOL_COLUMNS, POOL_SCHEMA, write_metadata
 from ..formats.shards import IMAGE_EXTS, ShardWriter, check_losses, list_shards, losses_record, sample_key
@@ -311,9 +311,14 @@ def byod_from_shards(
     params = {"source": str(source.resolve()), "tars": [t.name for t in tars], "uid": "md5(text + url)"}
     existing = read_manifest(pool)
     if existing is not None:
-        if existing.stage == STAGE and existing.params == json.loads(json.dumps(params)) and not overwrite:
+        same = existing.stage == STAGE and existing.params == json.loads(json.dumps(params))
+        why = damaged_file(pool, existing.extra.get("files") or {}) if same else None
+        if same and not overwrite and why is None:
             check_losses(existing.extra.get("losses") or {}, strict)
             return existing
+        if why is not None:
+            log.warning("%s: not reusing the finished byod pool: %s; running it again", pool, why)
+            overwrite = True
         if not overwrite:
             raise InputError(f"{pool}: already holds a pool; pass overwrite to replace it")
     work = pool / ".work-byod"
@@ -356,7 +361,7 @@ def byod_from_shards(
         "damaged_tars": sorted(n for n, s in scans.items() if s["error"]),
     }
     m = Manifest(stage=STAGE, params=params, counts=counts, timings={"total": round(time.time() - t0, 3)},
-                 extra={"losses": losses})
+                 extra={"losses": losses, "files": tree_records(pool, ["shards"])})  # not metadata/: embed adds to it
     write_manifest(pool, m)
     shutil.rmtree(work, ignore_errors=True)
     return m

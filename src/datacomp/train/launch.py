@@ -44,7 +44,7 @@ from ..config import Scale, load_scale
 from ..errors import ConfigError, DatacompError, FormatError, InputError, StageConflictError
 from ..formats.atomic import atomic_path, write_bytes, write_json
 from ..executors.children import LOCK_NAME, dir_lock, ended_with_us, spawn
-from ..formats.guard import check_apart
+from ..formats.guard import check_apart, file_records
 from ..formats.manifest import Manifest, check_reusable, manifest_digest, write_manifest
 from . import models
 from .data import TrainData, check_tar_head, find_train_data
@@ -750,7 +750,8 @@ def _finish(s: Scale, tdata: TrainData, out: Path, ckpt: Path, cmd: list[str], p
         timings={"train_s": round(wall, 2), "cpu_s": round(cpu, 2)},  # cpu_s: trainer + data workers
         extra={"checkpoint": str(ckpt), "model_dir": str(out / "model"),
                "final_loss": final.get("avg_loss"), "samples_per_s": round(sum(rates) / len(rates), 1) if rates else None,
-               "sources": _source_rows(sources, data_weights, reps)},
+               "sources": _source_rows(sources, data_weights, reps),
+               "files": file_records(out, [str(ckpt.relative_to(out)), str(weights.relative_to(out))])},
     )
     write_manifest(out, manifest)
     log.info("train: done in %.1fs, checkpoint %s", wall, ckpt)
