@@ -34,13 +34,15 @@ def _parse_sets(items: list[str] | None) -> dict[str, Any]:
 
 def _count(low: int, high: int | None = None) -> Callable[[str], int]:
     """argparse type: an integer in [low, high], refused at parse time with the flag's name."""
+    want = f"from {low} to {high}" if high is not None else f">= {low}"
+
     def parse(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected an integer {want}, got {text!r}") from None
         if v < low or (high is not None and v > high):
-            raise argparse.ArgumentTypeError(f"expected an integer {'from ' + str(low) + ' to ' + str(high) if high is not None else '>= ' + str(low)}, got {v}")
+            raise argparse.ArgumentTypeError(f"expected an integer {want}, got {v}")
         return v
     parse.__name__ = "count"
     return parse
