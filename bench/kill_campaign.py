@@ -3,14 +3,16 @@
     .venv/bin/python bench/kill_campaign.py [--stages synth,filter,reshard,byod] [--kills 5] [--seed 0]
                                             [--dir /tmp/kill-campaign] [--heavy]
 
-For every stage: two uninterrupted runs (the reference, and a second one that must match it and
+Every run of a stage writes to the same ``DIR/NAME`` (outputs record their own paths), the
+reference is kept aside and put back for the stages that read it. For every stage: two
+uninterrupted runs (the reference, and a second one that must match it and
 gives the time T with warm caches), then ``--kills`` trials
 of: start ``python -m datacomp.cli VERB ...`` in a process group of its own, ``kill -9`` it after a
 uniformly random 5-95 % of T (a run that ends first does not count, and T becomes its time; at
 most 3 x ``--kills`` starts), count the processes of its group still alive 2 s later (orphans,
 then ended), re-run the same command to completion, and compare the output tree with the
 reference: every file byte for byte, JSON files after dropping what is meant to vary (timings,
-creation times, the output's own path), plus any temporary file of :mod:`datacomp.formats.atomic`
+creation times), plus any temporary file of :mod:`datacomp.formats.atomic`
 or work directory left in the finished output (stray). ``--heavy`` adds train and evaluate on
 the campaign's own reshard and train outputs (minutes each on 2 cores). embed (teacher training)
 and download (needs a URL server) are not covered here. Prints one line per stage and a JSON
@@ -106,8 +108,10 @@ def trial(args_for, ref: Path, t_ref: float, out: Path, rng: random.Random) -> d
     orphans = len(group_members(p.pid))
     kill_group(p.pid)
     run(args_for(out))
+    got, want = tree_digest(out), tree_digest(ref)
+    differs = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
     return {"delay_s": round(delay, 2), "killed": killed, "orphans": orphans,
-            "identical": tree_digest(out) == tree_digest(ref), "stray": strays(out)}
+            "identical": not differs, "differs": differs[:20], "stray": strays(out)}
 
 
 def main() -> None:
@@ -124,16 +128,16 @@ def main() -> None:
     d.mkdir(parents=True)
     pool = d / "pool"
     run(["synth", "--scale", "synth_test", "--out", str(pool), "--workers", "1"])
-    stages = {
+    stages = {  # every run of a stage writes to d/NAME, so paths recorded inside outputs agree
         "synth": lambda o: ["synth", "--scale", "synth_test", "--out", str(o), "--workers", "1"],
         "filter": lambda o: ["filter", "--pool", str(pool), "--recipe", "basic_filter", "--out", str(o / "s.npy"),
                              "--workers", "1"],
-        "reshard": lambda o: ["reshard", "--pool", str(pool), "--subset", str(d / "ref-filter" / "s.npy"),
+        "reshard": lambda o: ["reshard", "--pool", str(pool), "--subset", str(d / "filter" / "s.npy"),
                               "--out", str(o), "--shard-size", "200", "--workers", "1"],
         "byod": lambda o: ["byod", "--shards", str(pool / "shards"), "--out", str(o), "--workers", "1"],
-        "train": lambda o: ["train", "--scale", "synth_test", "--data", str(d / "ref-reshard"), "--out", str(o),
+        "train": lambda o: ["train", "--scale", "synth_test", "--data", str(d / "reshard"), "--out", str(o),
                             "--device", "cpu"],
-        "evaluate": lambda o: ["evaluate", "--run", str(d / "ref-train"), "--evalsets", str(pool / "evalsets"),
+        "evaluate": lambda o: ["evaluate", "--run", str(d / "train"), "--evalsets", str(pool / "evalsets"),
                                "--out", str(o / "results.jsonl")],
     }
     names = [s for s in a.stages.split(",") if s] + (["train", "evaluate"] if a.heavy else [])
@@ -141,23 +145,25 @@ def main() -> None:
              or (s == "train" and "evaluate" in names)]
     summary = {}
     for name in order:
-        ref = d / f"ref-{name}"
-        run(stages[name](ref))
+        out, ref = d / name, d / f".ref-{name}"
+        run(stages[name](out))
         if name not in names:
             continue
-        again = d / f"ref2-{name}"  # a second uninterrupted run: warm caches give T, and the stage must be deterministic
-        t_ref = run(stages[name](again))
-        if tree_digest(again) != tree_digest(ref):
+        shutil.copytree(out, ref, symlinks=True)
+        shutil.rmtree(out)  # a second uninterrupted run: warm caches give T, and the stage must be deterministic
+        t_ref = run(stages[name](out))
+        if tree_digest(out) != tree_digest(ref):
             raise SystemExit(f"{name}: two uninterrupted runs differ; the campaign cannot judge re-runs")
-        shutil.rmtree(again)
         rows, attempts = [], 0
         while len(rows) < a.kills and attempts < 3 * a.kills:  # a run that ends before its kill time does not count
             attempts += 1
-            r = trial(stages[name], ref, t_ref, d / f"{name}-trial", rng)
+            r = trial(stages[name], ref, t_ref, out, rng)
             if r["killed"]:
                 rows.append(r)
             else:
                 t_ref = min(t_ref, r["finished_s"])
+        shutil.rmtree(out)
+        shutil.copytree(ref, out, symlinks=True)  # the next stages read the reference
         s = {"reference_s": round(t_ref, 1), "kills": len(rows), "attempts": attempts,
              "identical": sum(r["identical"] for r in rows), "orphans": sum(r["orphans"] for r in rows),
              "stray_files": sum(len(r["stray"]) for r in rows), "rows": rows}

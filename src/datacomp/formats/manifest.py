@@ -70,10 +70,9 @@ def manifest_path(out_dir: str | os.PathLike) -> Path:
 
 
 def write_manifest(out_dir: str | os.PathLike, manifest: Manifest) -> Path:
-    """Write the manifest last, after removing what killed earlier runs left in ``out_dir`` and
-    its sub-directories (temporary files of :mod:`.atomic`): a finished output holds none."""
-    root = Path(out_dir)
-    for d in [root, *(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())] if root.is_dir() else []:
+    """Write the manifest last, after removing what killed earlier runs left anywhere below
+    ``out_dir`` (temporary files of :mod:`.atomic`): a finished output holds none."""
+    for d, _, _ in os.walk(out_dir):
         sweep_temps(d)
     path = manifest_path(out_dir)
     write_json(path, manifest.to_json())

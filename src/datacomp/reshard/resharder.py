@@ -1203,7 +1203,8 @@ def reshard(
     if t_pipe is None:
         t_scan = time.time() - t0
 
-    check_losses(_scan_losses(shards, scans)[2], strict)  # before anything is packed
+    mismatches, corrupt_shards, losses = _scan_losses(shards, scans)
+    check_losses(losses, strict)  # before anything is packed
 
     # plan: emitted sequence in input order, cut into output shards of shard_size
     emitted = [scans[p.stem]["emitted"] for p in shards]
@@ -1265,7 +1266,6 @@ def reshard(
     duplicated_in_pool = int(len(found_uids) - len(found_unique))
 
     processed = int(sum(s["processed"] for s in scans.values()))
-    mismatches, corrupt_shards, losses = _scan_losses(shards, scans)
     if missing_uids:
         log.warning("%d uids of the subset (%d subset rows) were not found in the input shards", missing_uids, missing_rows)
     for name, mm in mismatches.items():
