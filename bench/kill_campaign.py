@@ -49,13 +49,11 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def _normal(obj, out: str):
+def _normal(obj):
     if isinstance(obj, dict):
-        return {k: _normal(v, out) for k, v in obj.items() if k not in VOLATILE_KEYS}
+        return {k: _normal(v) for k, v in obj.items() if k not in VOLATILE_KEYS}
     if isinstance(obj, list):
-        return [_normal(v, out) for v in obj]
-    if isinstance(obj, str):
-        return obj.replace(out, "OUT")
+        return [_normal(v) for v in obj]
     return obj
 
 
@@ -71,7 +69,7 @@ def tree_digest(root: Path) -> dict[str, str]:
             try:
                 docs = [json.loads(line) for line in data.splitlines() if line.strip()] if p.suffix == ".jsonl" \
                     else [json.loads(data)]
-                data = json.dumps(_normal(docs, str(root)), sort_keys=True).encode()
+                data = json.dumps(_normal(docs), sort_keys=True).encode()
             except ValueError:
                 pass
         out[rel] = hashlib.sha256(data).hexdigest()

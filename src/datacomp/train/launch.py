@@ -42,7 +42,7 @@ from typing import Any, Sequence
 
 from ..config import Scale, load_scale
 from ..errors import ConfigError, DatacompError, FormatError, InputError, StageConflictError
-from ..formats.atomic import atomic_path, write_bytes, write_json
+from ..formats.atomic import write_bytes, write_json
 from ..executors.children import LOCK_NAME, dir_lock, ended_with_us, spawn
 from ..formats.guard import check_apart, file_records
 from ..formats.manifest import Manifest, check_reusable, manifest_digest, write_manifest
@@ -697,8 +697,7 @@ def _finish(s: Scale, tdata: TrainData, out: Path, ckpt: Path, cmd: list[str], p
         # model/ gets a hard link to it (open_clip's local-dir loader reads the 'state_dict' key)
         if "optimizer" in state:
             slim = {k: v for k, v in state.items() if k not in ("optimizer", "scaler")}
-            with atomic_path(ckpt, suffix=".pt") as tmp:
-                torch.save(slim, tmp)
+            models.save_torch(slim, ckpt)
         final = ckpt.with_name(f"epoch_{epoch}.pt")
         if final.is_file():
             final.unlink()
