@@ -212,7 +212,10 @@ def test_long_member_names_use_tarfile_fallback(tmp_path: Path):
 def test_empty_and_all_missing_subsets(tmp_path: Path):
     pool = tmp_path / "pool"
     _make_shards(pool, n_shards=2, per_shard=3)
-    m = reshard(pool, _subset(tmp_path, [], "empty.npy"), tmp_path / "e", workers=1)
+    with pytest.raises(InputError, match="empty.npy: the subset is empty"):
+        reshard(pool, _subset(tmp_path, [], "empty.npy"), tmp_path / "e", workers=1)
+    assert not (tmp_path / "e").exists()
+    m = reshard(pool, _subset(tmp_path, [], "empty.npy"), tmp_path / "e", workers=1, allow_empty=True)
     assert m.counts["output_shard_count"] == 0 and m.counts["output_count"] == 0
     m = reshard(pool, _subset(tmp_path, [_uid(500), _uid(501)], "gone.npy"), tmp_path / "g", workers=1)
     assert m.counts["output_count"] == 0 and m.counts["missing_uid_count"] == 2

@@ -303,13 +303,16 @@ def _patched(data: bytes, member: int, edit) -> bytes:
 
 
 def _tar(members, fmt=tarfile.USTAR_FORMAT) -> bytes:
-    """A tar of (name, bytes) members (a ``None`` body: a directory)."""
+    """A tar of (name, bytes) members (a ``None`` body: a directory; a tar type flag: a link)."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=fmt) as tf:
         for name, body in members:
             info = tarfile.TarInfo(name)
             if body is None:
                 info.type = tarfile.DIRTYPE
+                tf.addfile(info)
+            elif body in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+                info.type, info.linkname = body, "s0.jpg"
                 tf.addfile(info)
             else:
                 info.size = len(body)
@@ -392,6 +395,8 @@ def _hostile_tars() -> dict[str, tuple[bytes, bool]]:
         "pax header": (_tar(members[:3] + [("é.jpg", b"x"), ("é.json", uid_json)], tarfile.PAX_FORMAT), False),
         "non-ASCII name": (_tar(members[:3] + [("é.jpg", b"x"), ("é.jpé", b"y"), ("é.json", uid_json)],
                                 tarfile.GNU_FORMAT), False),
+        "link members": (_tar(members[:3] + [("l1.jpg", tarfile.SYMTYPE), ("l1.json", uid_json),
+                                             ("l2.jpg", tarfile.LNKTYPE), ("l2.json", uid_json)]), True),
         "ustar prefix": (_tar(members[:3] + [("p" * 90 + "/" + "q" * 20 + ".jpg", b"x")]), False),
         "truncated in an image": (plain[: len(plain) // 2], False),
         "truncated in a header": (plain[: 512 * 3 + 100], False),
@@ -423,6 +428,8 @@ def test_compiled_scan_and_pack_match_python(tmp_path: Path, case: str):
     assert res[True] == res[False]
     assert tables[True].equals(tables[False])
     assert tars[True] == tars[False]
+    if case == "link members":  # a link is an unsafe member: its sample is dropped, in both walks
+        assert res[True]["unsafe_members"] == 2
     if case == "plain":  # the rules above, as the scan applied them
         # 23 samples: "a\\..\\s11.txt" is a sample of its own (key "a\\": names split on "/"
         # only), so s11 is two; unsafe: s9, s10, "a\\", ".."; broken: s4-s7; no uid: s11's jpg,

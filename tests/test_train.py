@@ -400,3 +400,17 @@ def test_report_to(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(ConfigError, match="'tensorboard' package is not installed"):
         train("small", tmp_path / "d", tmp_path / "o", report_to="tensorboard", device="cpu")
+
+
+def test_saved_checkpoints_are_reproducible_bytes(tmp_path: Path) -> None:
+    """torch.save names the zip's records after the file: through the atomic temporary's random
+    name, two saves of the same weights differed; models.save_torch gives the same bytes."""
+    import torch
+
+    from datacomp.train.models import save_torch
+
+    obj = {"epoch": 1, "state_dict": {"w": torch.arange(6.0).reshape(2, 3)}}
+    save_torch(obj, tmp_path / "a" / "epoch_latest.pt")
+    save_torch(obj, tmp_path / "b" / "epoch_latest.pt")
+    assert (tmp_path / "a" / "epoch_latest.pt").read_bytes() == (tmp_path / "b" / "epoch_latest.pt").read_bytes()
+    assert torch.equal(torch.load(tmp_path / "a" / "epoch_latest.pt", weights_only=True)["state_dict"]["w"], obj["state_dict"]["w"])

@@ -5,12 +5,13 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
-from .errors import DatacompError
+from .errors import ConfigError, DatacompError, describe_os_error
 
 log = logging.getLogger("datacomp")
 
@@ -20,15 +21,34 @@ HUB_VERBS = {"download", "download-evalsets"}
 
 def _parse_sets(items: list[str] | None) -> dict[str, Any]:
     """``--set key=value`` pairs; values parsed as YAML scalars (numbers, booleans, strings)."""
-    import yaml
+    from .formats.strict_yaml import load_yaml
 
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise DatacompError(f"--set expects key=value, got '{item}'")
+            raise ConfigError(f"--set expects key=value, got '{item}'")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        out[k.strip()] = load_yaml(v, f"--set {item}")
     return out
+
+
+def _count(low: int, high: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer in [low, high], refused at parse time with the flag's name."""
+    want = f"from {low} to {high}" if high is not None else f">= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer {want}, got {text!r}") from None
+        if v < low or (high is not None and v > high):
+            raise argparse.ArgumentTypeError(f"expected an integer {want}, got {v}")
+        return v
+    parse.__name__ = "count"
+    return parse
+
+
+POSITIVE = _count(1)
 
 
 # ---- verbs --------------------------------------------------------------------------------------
@@ -102,9 +122,20 @@ def cmd_reshard(a: argparse.Namespace) -> int:
 
     m = reshard(Path(a.pool), Path(a.subset), Path(a.out), shard_size=a.shard_size, workers=a.workers,
                 executor=a.executor, overwrite=a.overwrite, shuffle_bufsize=a.shuffle_bufsize, seed=a.seed,
-                apply_blur=a.apply_blur, reencode=a.reencode, quality=a.quality)
+                apply_blur=a.apply_blur, reencode=a.reencode, quality=a.quality, allow_empty=a.allow_empty,
+                strict=a.strict)
     print(json.dumps({"out": a.out, "counts": m.counts}, indent=2))
+    _warn_losses(m)
     return 0
+
+
+def _warn_losses(m) -> None:
+    """The last line a stage prints: what damaged input shards cost (nothing when none were)."""
+    from .formats.shards import describe_losses
+
+    line = describe_losses(m.extra.get("losses") or {})
+    if line is not None:
+        print(f"datacomp: warning: {line}; --strict makes this an error", file=sys.stderr)
 
 
 def _download_options(a: argparse.Namespace):
@@ -145,8 +176,10 @@ def cmd_byod(a: argparse.Namespace) -> int:
         m = byod_metadata(a.table, Path(a.out), url_col=a.url_col, text_col=a.text_col,
                           rows_per_file=a.rows_per_file, overwrite=a.overwrite)
     else:
-        m = byod_from_shards(Path(a.shards), Path(a.out), workers=a.workers, executor=a.executor, overwrite=a.overwrite)
+        m = byod_from_shards(Path(a.shards), Path(a.out), workers=a.workers, executor=a.executor, overwrite=a.overwrite,
+                             strict=a.strict)
     print(json.dumps({"pool": a.out, "counts": m.counts}, indent=2, default=str))
+    _warn_losses(m)
     return 0
 
 
@@ -219,7 +252,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 # ---- parser -------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="datacomp", description=__doc__)
+    p = _Parser(prog="datacomp", description=__doc__)
     p.add_argument("--version", action="version", version=f"datacomp {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -230,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     def workers(sp: argparse.ArgumentParser, default: int = 2) -> None:
-        sp.add_argument("--workers", type=int, default=default, help="worker processes (default %(default)s)")
+        sp.add_argument("--workers", type=POSITIVE, default=default, help="worker processes (default %(default)s)")
 
     sp = add("synth", cmd_synth, "generate the embedded world: a candidate pool, curated pairs and a downstream suite")
     sp.add_argument("--out", required=True, help="pool directory to write")
@@ -265,30 +298,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--pool", required=True, help="pool directory (or a directory of shards)")
     sp.add_argument("--subset", required=True)
     sp.add_argument("--out", required=True)
-    sp.add_argument("--shard-size", type=int, default=10000)
+    sp.add_argument("--shard-size", type=POSITIVE, default=10000)
     sp.add_argument("--executor", choices=["local", "ray"], default="local")
-    sp.add_argument("--shuffle-bufsize", type=int, default=0, help="shuffle samples within windows of this size")
+    sp.add_argument("--shuffle-bufsize", type=_count(0), default=0, help="shuffle samples within windows of this size")
     sp.add_argument("--seed", type=int, default=0, help="seed of the shuffle")
     sp.add_argument("--apply-blur", action="store_true", help="blur face_bboxes from the pool's metadata")
     sp.add_argument("--reencode", choices=["webp", "jpg"], default="webp", help="format of blurred images")
-    sp.add_argument("--quality", type=int, default=100, help="re-encoding quality of blurred images")
+    sp.add_argument("--quality", type=_count(1, 100), default=100, help="re-encoding quality of blurred images")
+    sp.add_argument("--allow-empty", action="store_true", help="write an empty output for an empty subset")
+    sp.add_argument("--strict", action="store_true", help="a damaged input shard is an error, not a warning")
     sp.add_argument("--overwrite", action="store_true")
     workers(sp)
 
     def image_flags(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--image-size", type=int, default=512)
+        sp.add_argument("--image-size", type=POSITIVE, default=512)
         sp.add_argument("--resize-mode", default="keep_ratio_largest")
         sp.add_argument("--no-resize-only-if-bigger", action="store_true")
         sp.add_argument("--encode-format", default="jpg")
-        sp.add_argument("--samples-per-shard", type=int, default=10000)
+        sp.add_argument("--samples-per-shard", type=POSITIVE, default=10000)
         sp.add_argument("--skip-bbox-blurring", action="store_true", help="do not blur face_bboxes")
-        sp.add_argument("--retries", type=int, default=2)
-        sp.add_argument("--processes", type=int, default=2)
-        sp.add_argument("--threads", type=int, default=64)
+        sp.add_argument("--retries", type=_count(0), default=2)
+        sp.add_argument("--processes", type=POSITIVE, default=2)
+        sp.add_argument("--threads", type=POSITIVE, default=64)
         sp.add_argument("--timeout", type=float, default=10.0, help="seconds per socket operation")
         sp.add_argument("--max-seconds", type=float, default=30.0, help="seconds per whole transfer")
-        sp.add_argument("--max-bytes", type=int, default=32 * 1024 * 1024, help="largest file accepted")
-        sp.add_argument("--max-pixels", type=int, default=89_478_485, help="largest decoded image area accepted")
+        sp.add_argument("--max-bytes", type=POSITIVE, default=32 * 1024 * 1024, help="largest file accepted")
+        sp.add_argument("--max-pixels", type=POSITIVE, default=89_478_485, help="largest decoded image area accepted")
 
     sp = add("download", cmd_download, "fetch CommonPool / your own metadata and download images with img2dataset")
     sp.add_argument("--pool", required=True)
@@ -297,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--download-npz", action="store_true")
     sp.add_argument("--skip-shards", action="store_true", help="metadata only")
     sp.add_argument("--overwrite-metadata", action="store_true")
-    sp.add_argument("--retry-rounds", type=int, default=0, help="re-fetch failed uids this many times")
+    sp.add_argument("--retry-rounds", type=_count(0), default=0, help="re-fetch failed uids this many times")
     image_flags(sp)
 
     sp = add("download-retry", cmd_download_retry, "re-download only the failed uids of a finished download into new shards")
@@ -309,8 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--table", nargs="*", help="parquet or csv files with url and caption columns")
     sp.add_argument("--url-col")
     sp.add_argument("--text-col")
-    sp.add_argument("--rows-per-file", type=int, default=500_000)
+    sp.add_argument("--rows-per-file", type=POSITIVE, default=500_000)
     sp.add_argument("--shards", help="a directory of webdataset tars")
+    sp.add_argument("--strict", action="store_true", help="a damaged input tar is an error, not a warning")
     sp.add_argument("--executor", choices=["local", "ray"], default="local")
     sp.add_argument("--overwrite", action="store_true")
     workers(sp)
@@ -323,9 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", default=None, help="'latest' or a checkpoint path")
     sp.add_argument("--print-args", action="store_true", help="print the open_clip command line and exit")
     sp.add_argument("--data-weights", help="'::'-separated upsampling weight per --data source (e.g. 1::2)")
-    sp.add_argument("--gpus", type=int, help="GPUs (processes) per node (default: all visible; 1 on CPU)")
-    sp.add_argument("--nodes", type=int, default=1, help="nodes (> 1 needs --slurm or --print-args)")
-    sp.add_argument("--accum-freq", type=int, default=1, help="gradient accumulation: per-GPU batch = global / (world x accum)")
+    sp.add_argument("--gpus", type=POSITIVE, help="GPUs (processes) per node (default: all visible; 1 on CPU)")
+    sp.add_argument("--nodes", type=POSITIVE, default=1, help="nodes (> 1 needs --slurm or --print-args)")
+    sp.add_argument("--accum-freq", type=POSITIVE, default=1, help="gradient accumulation: per-GPU batch = global / (world x accum)")
     sp.add_argument("--precision", help="override the scale's precision (e.g. amp_bfloat16)")
     sp.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
     sp.add_argument("--slurm", metavar="OUT.sbatch", help="write a Slurm script (srun, one task per GPU) instead of training")
@@ -371,22 +407,69 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as one line (through main), not usage and a message."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _fail(message: str, code: int = 2) -> int:
+    try:
+        print(f"datacomp: error: {message}", file=sys.stderr, flush=True)
+    except OSError:  # stderr itself is gone: the exit code is all that is left
+        pass
+    return code
+
+
+def _detach_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush into a closed pipe cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    try:
+        a = parser.parse_args(argv)
+    except ConfigError as e:
+        return _fail(str(e))
     if a.verb not in HUB_VERBS:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    previous = _interrupt_on_sigterm()
     try:
         return a.fn(a)
     except DatacompError as e:
-        print(f"datacomp: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return _fail(str(e), e.exit_code)
+    except BrokenPipeError:
+        _detach_stdout()
+        return _fail("standard output was closed before the output was written (broken pipe)")
+    except OSError as e:
+        return _fail(describe_os_error(e, next((getattr(a, k) for k in ("out", "pool", "workdir", "dest")
+                                                if getattr(a, k, None)), None)))
     except KeyboardInterrupt:
-        print("datacomp: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+        return _fail("interrupted; finished units are kept, re-run the same command to resume", 130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt_on_sigterm():
+    """SIGTERM raises KeyboardInterrupt, so stages end their child processes on the way out."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (main() called from a worker thread)
+        return None
 
 
 if __name__ == "__main__":

@@ -26,3 +26,15 @@ class ConfigError(DatacompError):
 
 class StageConflictError(DatacompError):
     """An output directory holds a different, complete result and --overwrite was not given."""
+
+
+def describe_os_error(e: OSError, writing: object = None) -> str:
+    """One line for an error from the world outside (exists, is a directory, read-only, no space):
+    the path (``writing``, the stage's output, when the error names none), the problem, and what
+    became of the work (units already finished are kept)."""
+    where = e.filename if e.filename is not None else (f"writing {writing}" if writing is not None else "")
+    if e.filename2 is not None:
+        where = f"{where} -> {e.filename2}"
+    what = e.strerror or " ".join(str(e).split()) or type(e).__name__
+    head = f"{where}: {what}" if where else what
+    return f"{head}; finished units are kept, fix this and re-run the same command to resume"

@@ -43,6 +43,7 @@ def _known_recipes() -> set[str]:
 
 
 def _check_recipes(recipes: list[str]) -> None:
+    from .filters.recipe import load_recipe
     from .filters.reference_subsets import PSEUDO_RECIPES
 
     if not recipes:
@@ -51,6 +52,8 @@ def _check_recipes(recipes: list[str]) -> None:
     for r in recipes:
         if r not in known and not Path(r).is_file():
             raise ConfigError(f"unknown recipe '{r}' (known: {', '.join(sorted(known))})")
+        if r not in PSEUDO_RECIPES:
+            load_recipe(r)  # a bad recipe file fails here, before the world is built
     labels = [recipe_label(r) for r in recipes]
     dup = next((lab for i, lab in enumerate(labels) if lab in labels[:i]), None)
     if dup is not None:

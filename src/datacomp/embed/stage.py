@@ -27,7 +27,7 @@ import numpy as np
 from ..config import Scale, load_scale
 from ..errors import ConfigError, InputError
 from ..executors import Unit, run_units
-from ..formats.atomic import atomic_path, file_sha256, write_json
+from ..formats.atomic import atomic_path, file_sha256, sweep_temps, write_json
 from ..formats.manifest import (Manifest, check_reusable, clear_markers, manifest_digest, mark_done, marker_path,
                                 read_manifest, read_marker, write_manifest)
 from ..formats.pool import list_parquets, parquet_num_rows, require_pool_dir
@@ -248,8 +248,7 @@ def _ckpt_identity(checkpoint: str | None) -> str | None:
     if checkpoint is None:
         return None
     p = Path(checkpoint)
-    if not p.is_file():
-        raise InputError(f"{p}: checkpoint file does not exist")
+    launch.read_state_dict(p)  # before --overwrite touches the finished stage: a bad file is refused first
     st = p.stat()
     return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
@@ -408,6 +407,7 @@ def embed(
     )
     if targets_rec is not None:
         manifest.extra["targets"] = targets_rec
+    sweep_temps(pool / "metadata")  # npz/parquet temporaries of killed earlier runs
     write_manifest(sdir, manifest)
     log.info("embed: %d rows in %d shards, %.1fs (%s)", rows, len(parquets), embed_s, ", ".join(keys))
     return manifest

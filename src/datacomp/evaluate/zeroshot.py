@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 import numpy as np
 
+from ..executors.children import die_with_parent
 from .evalsets import EvalSet, ImageDataset, collate_images
 from .metrics import (
     FAIRNESS_OBJECTIVES,
@@ -124,6 +125,10 @@ def class_embeddings(model, tokenizer, classnames: list[str], templates: list[st
     return (mean / mean.norm(dim=-1, keepdim=True)).t().contiguous()
 
 
+def _worker_init(worker_id: int) -> None:
+    die_with_parent()
+
+
 @torch.no_grad()
 def encode_images(
     model, evalset: EvalSet, preprocess: Callable, batch_size: int = 256, workers: int = 2, autocast: bool = False
@@ -139,6 +144,7 @@ def encode_images(
         collate_fn=collate_images,
         persistent_workers=False,
         pin_memory=device.type == "cuda",
+        worker_init_fn=_worker_init if workers else None,  # a killed evaluate takes its decoders along
     )
     idx_all, feats, failed = [], [], 0
     try:

@@ -32,7 +32,8 @@ import pyarrow.parquet as pq
 from .. import __version__
 from ..errors import ConfigError, FormatError, InputError
 from ..executors import Unit, run_units
-from ..formats.atomic import atomic_path, write_json
+from ..formats.atomic import atomic_path, sweep_temps, write_json
+from ..formats.guard import check_apart, damaged_file, file_records
 from ..formats.manifest import manifest_digest
 from ..formats.pool import list_parquets, npz_path, one_array, parquet_num_rows, read_metadata
 from ._uids import merge_parts, uid_pairs, write_part
@@ -400,6 +401,7 @@ def run_filter(
     plan = load_recipe(recipe, overrides)
     pool_root, parquets = pool_parquets(pool)
     out = Path(out)
+    check_apart(out, {"pool metadata": sorted({p.parent for p in parquets})})
     sidecar_path = out.with_suffix(".json")
     if sidecar_path == out:
         raise ConfigError(f"{out}: the subset path must not end in .json (the sidecar goes there)")
@@ -423,11 +425,16 @@ def run_filter(
     if out.is_file() and sidecar_path.is_file():
         try:
             old = json.loads(sidecar_path.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             old = {}
-        if old.get("digest") == digest:
+        old = old if isinstance(old, dict) else {}
+        why = damaged_file(out.parent, old.get("files") or {}) if old.get("files") else f"{sidecar_path} records no file sizes"
+        if old.get("digest") == digest and why is None:
             log.info("%s: up to date (recipe %s), reusing it", out, plan.name)
+            _tidy(out, sidecar_path)
             return {**old, "reused": True}
+        if old.get("digest") == digest:
+            log.warning("%s: not reusing it: %s; filtering again", out, why)
 
     work = out.parent / f".{out.name}.work"
     state_path = work / "state.json"
@@ -537,6 +544,7 @@ def run_filter(
         "pool": str(pool_root),
         "pool_manifest": manifest_digest(pool_root),
         "subset": str(out),
+        "files": file_records(out.parent, [out.name]),
         "globals": globals_,
         "global_steps": global_records,
         "counts": {"pool_rows": rows, "kept": kept, "removed": rows - kept, "shards": len(parquets),
@@ -549,9 +557,15 @@ def run_filter(
         "created": time.time(),
     }
     write_json(sidecar_path, sidecar)
-    shutil.rmtree(work, ignore_errors=True)
+    _tidy(out, sidecar_path)
     log.info("%s: kept %d of %d rows (%.2f%%) -> %s", plan.name, kept, rows, 100 * kept / max(rows, 1), out)
     return sidecar
+
+
+def _tidy(out: Path, sidecar: Path) -> None:
+    """A finished subset leaves nothing of killed runs beside it: its work dir and temporaries."""
+    shutil.rmtree(out.parent / f".{out.name}.work", ignore_errors=True)
+    sweep_temps(out.parent, [out.name, sidecar.name])
 
 
 def _values_of(op: GlobalOp, globals_: dict[str, Any]) -> list[str]:

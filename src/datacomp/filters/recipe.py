@@ -41,6 +41,7 @@ import yaml
 
 from ..config import resource_path
 from ..errors import ConfigError
+from ..formats.strict_yaml import load_yaml
 from .registry import GlobalOp, Op, OpParamError, ShardOp, all_ops
 
 RULE_OPS = ("==", "!=", ">=", "<=", ">", "<", "not in", "in")
@@ -216,17 +217,49 @@ def parse_rule(rule: Any, where: str) -> Rule:
     return Rule(column, op, raw, None)
 
 
+# the recipe schema: key -> (allowed type(s), what the message calls it)
+_SCHEMA: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "name": (str, "a string"),
+    "description": (str, "a string"),
+    "params": (dict, "a mapping of parameter names to values"),
+    "one_of": (list, "a list of lists of parameter names"),
+    "steps": (list, "a list of steps"),
+    "keep": (list, "a list of rules (an empty list keeps every row)"),
+    "intersect": (list, "a list of recipe names or paths"),
+    "union": (list, "a list of recipe names or paths"),
+}
+
+
 def _read_raw(path: Path) -> dict[str, Any]:
     src = str(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{src}: cannot read recipe: {' '.join(str(e).split())}") from None
+        text = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{src}: cannot read recipe: {e.strerror}") from None
+    raw = load_yaml(text, src)
     if not isinstance(raw, dict):
         raise ConfigError(f"{src}: a recipe must be a YAML mapping with 'steps' and 'keep'")
+    odd = [k for k in raw if not isinstance(k, str)]
+    if odd:
+        raise ConfigError(f"{src}: recipe keys must be strings, got {odd[0]!r}")
     unknown = set(raw) - RECIPE_KEYS
     if unknown:
         raise ConfigError(f"{src}: unknown recipe key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(RECIPE_KEYS))})")
+    for key, value in raw.items():
+        kind, what = _SCHEMA[key]
+        if value is not None and not isinstance(value, kind):
+            raise ConfigError(f"{src}: '{key}' must be {what}, got {type(value).__name__} {value!r}"[:300])
+    if not ("intersect" in raw or "union" in raw) and "keep" not in raw:
+        raise ConfigError(f"{src}: the recipe has no 'keep' (write 'keep: []' to keep every row)")
+    for group in raw.get("one_of") or []:
+        if not isinstance(group, list) or not all(isinstance(p, str) for p in group):
+            raise ConfigError(f"{src}: 'one_of' must be a list of lists of parameter names, got {group!r}")
+    for i, spec in enumerate(raw.get("steps") or []):
+        if not isinstance(spec, dict) or not isinstance(spec.get("op"), str):
+            raise ConfigError(f"{src}: step {i + 1}: each step must be a mapping with an 'op' name, got {spec!r}"[:300])
+        bad = [k for k in spec if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(f"{src}: step {i + 1} ({spec['op']}): parameter names must be strings, got {bad[0]!r}")
     return raw
 
 

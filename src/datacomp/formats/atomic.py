@@ -1,6 +1,7 @@
 """Atomic file writes: a temporary name in the same directory, then an os.replace.
 
-A crash leaves either the old file or the new one, never half of one.
+A crash leaves either the old file or the new one, never half of one. Files get the mode the
+user's umask gives (0644 by default), not mkstemp's 0600.
 """
 from __future__ import annotations
 
@@ -8,9 +9,44 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it; done once, at import, before any thread writes
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+@contextlib.contextmanager
+def replaced_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty directory beside ``path``; swap it in for ``path`` if the block succeeds.
+
+    A failing block leaves the old ``path`` as it was (write aside, then swap): ``--overwrite``
+    never removes a finished output before its replacement is complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent))
+    new.chmod(0o777 & ~_UMASK)
+    old = path.with_name(f".{path.name}.old")
+    try:
+        yield new
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(new, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -27,10 +63,30 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():  # mkstemp makes 0600; the file gets what the user's umask gives
+            tmp_path.chmod(0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp|new)(\..*)?$")  # what atomic_path / replaced_dir name
+
+
+def sweep_temps(directory: str | os.PathLike, names: Iterable[str] | None = None) -> int:
+    """Remove the temporaries that killed writers left in ``directory`` (only those of ``names``
+    when given); a stage calls this as it finishes, when no writer of its own is running. -> count."""
+    d = Path(directory)
+    if not d.is_dir():
+        return 0
+    prefixes = tuple(f".{n}." for n in names) if names is not None else None
+    n = 0
+    for p in d.iterdir():
+        if _TEMP.match(p.name) and (prefixes is None or p.name.startswith(prefixes)):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            n += 1
+    return n
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

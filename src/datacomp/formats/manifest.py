@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,10 @@ from typing import Any
 
 from .. import __version__
 from ..errors import FormatError, StageConflictError
-from .atomic import write_json
+from .atomic import sweep_temps, write_json
+from .guard import damaged_file
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 MARKER_DIR = ".done"
@@ -66,6 +70,10 @@ def manifest_path(out_dir: str | os.PathLike) -> Path:
 
 
 def write_manifest(out_dir: str | os.PathLike, manifest: Manifest) -> Path:
+    """Write the manifest last, after removing what killed earlier runs left anywhere below
+    ``out_dir`` (temporary files of :mod:`.atomic`): a finished output holds none."""
+    for d, _, _ in os.walk(out_dir):
+        sweep_temps(d)
     path = manifest_path(out_dir)
     write_json(path, manifest.to_json())
     return path
@@ -76,8 +84,11 @@ def read_manifest(out_dir: str | os.PathLike) -> Manifest | None:
     if not path.is_file():
         return None
     try:
-        return Manifest.from_json(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError) as e:
+        d = json.loads(path.read_text())
+        if not isinstance(d, dict):
+            raise FormatError(f"{path}: corrupt stage manifest: a JSON {type(d).__name__}, not an object")
+        return Manifest.from_json(d)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError) as e:
         raise FormatError(f"{path}: corrupt stage manifest: {e}") from None
 
 
@@ -91,14 +102,20 @@ def check_reusable(out_dir: str | os.PathLike, stage: str, params: dict[str, Any
     """Return the existing manifest when ``out_dir`` already holds this stage with these params.
 
     A complete output made with other parameters raises StageConflictError unless ``overwrite``.
-    With ``overwrite`` the old manifest and markers are removed so the stage runs again.
+    With ``overwrite`` the old manifest and markers are removed so the stage runs again. A
+    manifest that records its files (``extra["files"]``, see :func:`guard.file_records`) is
+    reused only while those files are intact; otherwise it is removed too, with a line saying why.
     """
     existing = read_manifest(out_dir)
     if existing is None:
         return None
     same = existing.stage == stage and _normalise(existing.params) == _normalise(params)
     if same and not overwrite:
-        return existing
+        why = damaged_file(out_dir, existing.extra.get("files") or {})
+        if why is None:
+            return existing
+        log.warning("%s: not reusing the finished '%s' output: %s; running the stage again", out_dir, stage, why)
+        overwrite = True
     if not overwrite:
         raise StageConflictError(
             f"{manifest_path(out_dir)}: holds a complete '{existing.stage}' output made with other parameters; "

@@ -147,6 +147,24 @@ def read_npz(path: str | os.PathLike, keys: Iterable[str], expected_rows: int | 
     return out
 
 
+UNIT_TOLERANCE = 0.02  # float16 embeddings hold the unit norm to ~1e-3
+
+
+def check_unit_rows(a: np.ndarray, key: str, path: str | os.PathLike) -> None:
+    """FormatError unless every row of ``a`` has unit L2 norm: CLIP scores are inner products of
+    normalised embeddings, and a zero row would score 0 (and pass a threshold) instead of failing."""
+    norms = np.linalg.norm(np.asarray(a, dtype=np.float32), axis=1)
+    zero = norms == 0
+    off = ~zero & ~(np.abs(norms - 1) <= UNIT_TOLERANCE)  # NaN norms count as off
+    if zero.any():
+        raise FormatError(f"{path}: npz key '{key}' has {int(zero.sum())} all-zero rows of {len(a)} "
+                          "(no embedding: run `datacomp embed` on the pool, or drop those rows)")
+    if off.any():
+        i = int(np.flatnonzero(off)[0])
+        raise FormatError(f"{path}: npz key '{key}' has {int(off.sum())} rows without unit norm "
+                          f"(row {i}: norm {norms[i]:.4g}); CLIP embeddings must be L2-normalised")
+
+
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     """Write an npz atomically (compressed, like the reference), merging with keys already there."""
     path = Path(path)

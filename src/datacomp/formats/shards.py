@@ -184,3 +184,29 @@ def read_stats(tar_path: str | os.PathLike) -> dict[str, Any] | None:
         return json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise FormatError(f"{p}: corrupt stats json: {e}") from None
+
+
+# ---- losses: input shards a stage could not read whole -------------------------------------------
+
+def losses_record(damaged: dict[str, str], lost_samples: int | None) -> dict[str, Any]:
+    """What a stage lost to damaged input shards (``{}`` when nothing): kept in its manifest."""
+    return {"damaged_shards": dict(sorted(damaged.items())), "lost_samples": lost_samples} if damaged else {}
+
+
+def describe_losses(losses: dict[str, Any]) -> str | None:
+    """One line for :func:`losses_record` (None when nothing was lost)."""
+    damaged = losses.get("damaged_shards") or {}
+    if not damaged:
+        return None
+    first, why = next(iter(damaged.items()))
+    n = losses.get("lost_samples")
+    lost = f"{n} samples lost" if n is not None else "an unknown number of samples lost"
+    more = f" and {len(damaged) - 1} more damaged shard(s)" if len(damaged) > 1 else ""
+    return f"{first}: damaged input shard ({why}){more}; {lost}"
+
+
+def check_losses(losses: dict[str, Any], strict: bool) -> None:
+    """``strict``: any loss is an InputError (raised before the stage writes its manifest)."""
+    line = describe_losses(losses)
+    if strict and line is not None:
+        raise InputError(f"{line} (--strict)")

@@ -37,10 +37,11 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError, FormatError, InputError
 from ..executors import Unit, run_units
-from ..formats.atomic import atomic_path
+from ..formats.atomic import atomic_path, replaced_dir
+from ..formats.guard import check_apart, damaged_file, tree_records
 from ..formats.manifest import Manifest, read_manifest, write_manifest
 from ..formats.pool import POOL_COLUMNS, POOL_SCHEMA, write_metadata
-from ..formats.shards import IMAGE_EXTS, ShardWriter, list_shards, sample_key
+from ..formats.shards import IMAGE_EXTS, ShardWriter, check_losses, list_shards, losses_record, sample_key
 
 log = logging.getLogger(__name__)
 
@@ -114,19 +115,18 @@ def byod_metadata(
     """url/caption parquet or csv files -> ``POOL/metadata/{i:08d}.parquet`` in CommonPool columns."""
     pool = Path(pool)
     mdir = pool / "metadata"
-    if mdir.is_dir() and any(mdir.iterdir()):
-        if not overwrite:
-            raise InputError(f"{mdir}: already holds metadata; pass overwrite to replace it")
-        shutil.rmtree(mdir)
     if rows_per_file < 1:
         raise ConfigError(f"rows_per_file must be positive, got {rows_per_file}")
+    files = _input_files(inputs)
+    check_apart(mdir, {"table": files})
+    if mdir.is_dir() and any(mdir.iterdir()) and not overwrite:
+        raise InputError(f"{mdir}: already holds metadata; pass overwrite to replace it")
     t0 = time.time()
     seen: set[str] = set()
     uids: list[str] = []
     urls: list[str] = []
     texts: list[str] = []
     rows_in = dropped_empty = dropped_dup = 0
-    files = _input_files(inputs)
     for f in files:
         t = _read_table(f)
         uc = _pick(t.column_names, url_col, URL_COLUMNS, "url", f)
@@ -148,11 +148,11 @@ def byod_metadata(
             urls.append(u)
             texts.append(x)
     n = len(uids)
-    mdir.mkdir(parents=True, exist_ok=True)
     n_files = max(1, -(-n // rows_per_file))
-    for i in range(n_files):
-        sl = slice(i * rows_per_file, min(n, (i + 1) * rows_per_file))
-        write_metadata(mdir / f"{i:08d}.parquet", _pool_table(uids[sl], urls[sl], texts[sl]))
+    with replaced_dir(mdir) as new:  # every table is read before the old metadata goes
+        for i in range(n_files):
+            sl = slice(i * rows_per_file, min(n, (i + 1) * rows_per_file))
+            write_metadata(new / f"{i:08d}.parquet", _pool_table(uids[sl], urls[sl], texts[sl]))
     counts = {"input_rows": rows_in, "rows": n, "dropped_empty_url": dropped_empty, "dropped_duplicate_uid": dropped_dup,
               "metadata_files": n_files}
     m = Manifest(stage=STAGE, params={"inputs": [str(f.resolve()) for f in files], "url_col": url_col,
@@ -179,6 +179,9 @@ def _pool_table(uids, urls, texts, widths=None, heights=None, sha=None) -> pa.Ta
 
 # ---- existing webdataset shards -> pool -------------------------------------------------------------
 
+LINK = "\0link"  # the files key of a member that is a hard or symbolic link: the sample is unsafe, skipped
+
+
 def _read_tar_samples(path: str) -> tuple[list[tuple[str, dict[str, bytes]]], str | None]:
     """Samples of one tar (grouped by key), refusing members that escape the directory."""
     out: list[tuple[str, dict[str, bytes]]] = []
@@ -187,7 +190,8 @@ def _read_tar_samples(path: str) -> tuple[list[tuple[str, dict[str, bytes]]], st
         with tarfile.open(path, "r|*") as tf:
             cur_key, cur = None, {}
             for m in tf:
-                if not m.isfile():
+                link = m.islnk() or m.issym()
+                if not (m.isfile() or link):
                     continue
                 name = m.name
                 if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
@@ -196,13 +200,13 @@ def _read_tar_samples(path: str) -> tuple[list[tuple[str, dict[str, bytes]]], st
                 if "." not in base:
                     continue
                 key, ext = base.split(".", 1)
-                f = tf.extractfile(m)
+                f = None if link else tf.extractfile(m)
                 data = f.read() if f is not None else b""
                 if key != cur_key:
                     if cur_key is not None:
                         out.append((cur_key, cur))
                     cur_key, cur = key, {}
-                cur[ext.lower()] = data
+                cur[LINK if link else ext.lower()] = data
             if cur_key is not None:
                 out.append((cur_key, cur))
     except (tarfile.TarError, EOFError, OSError) as e:
@@ -221,7 +225,7 @@ def _image(files: dict[str, bytes]) -> tuple[str, bytes] | None:
 
 def _describe(key: str, files: dict[str, bytes]) -> dict[str, Any] | None:
     img = _image(files)
-    if img is None:
+    if img is None or LINK in files:
         return None
     meta: dict[str, Any] = {}
     if "json" in files:
@@ -239,17 +243,18 @@ def _describe(key: str, files: dict[str, bytes]) -> dict[str, Any] | None:
 
 def scan_byod_unit(tar: str, out: str) -> dict[str, Any]:
     samples, error = _read_tar_samples(tar)
-    uids, skipped = [], 0
+    uids, skipped, unsafe = [], 0, 0
     for key, files in samples:
         d = _describe(key, files)
         if d is None:
-            skipped += 1
+            unsafe += LINK in files
+            skipped += LINK not in files
             uids.append(None)
         else:
             uids.append(d["uid"])
     with atomic_path(out, suffix=".parquet") as tmp:
         pq.write_table(pa.table({"uid": pa.array(uids, pa.string())}), tmp)
-    return {"samples": len(samples), "without_image": skipped, "error": error}
+    return {"samples": len(samples), "without_image": skipped, "with_link_member": unsafe, "error": error}
 
 
 def write_byod_unit(index: int, tar: str, keep_path: str, pool: str) -> dict[str, Any]:
@@ -295,15 +300,25 @@ def byod_from_shards(
     workers: int = 2,
     executor: str = "local",
     overwrite: bool = False,
+    strict: bool = False,
 ) -> Manifest:
-    """Webdataset tars without CommonPool metadata -> a pool (shards + metadata); resumable."""
+    """Webdataset tars without CommonPool metadata -> a pool (shards + metadata); resumable.
+
+    Damaged input tars are recorded in the manifest (``losses``); ``strict`` makes them an error."""
     source, pool = Path(source), Path(pool)
+    check_apart(pool, {"shards": source})
     tars = list_shards(source / "shards" if (source / "shards").is_dir() else source)
     params = {"source": str(source.resolve()), "tars": [t.name for t in tars], "uid": "md5(text + url)"}
     existing = read_manifest(pool)
     if existing is not None:
-        if existing.stage == STAGE and existing.params == json.loads(json.dumps(params)) and not overwrite:
+        same = existing.stage == STAGE and existing.params == json.loads(json.dumps(params))
+        why = damaged_file(pool, existing.extra.get("files") or {}) if same else None
+        if same and not overwrite and why is None:
+            check_losses(existing.extra.get("losses") or {}, strict)
             return existing
+        if why is not None:
+            log.warning("%s: not reusing the finished byod pool: %s; running it again", pool, why)
+            overwrite = True
         if not overwrite:
             raise InputError(f"{pool}: already holds a pool; pass overwrite to replace it")
     work = pool / ".work-byod"
@@ -314,6 +329,8 @@ def byod_from_shards(
     t0 = time.time()
     scan_units = [Unit(f"{i:08d}", (str(t), str(work / "scan" / f"{i:08d}.parquet"))) for i, t in enumerate(tars)]
     scans = run_units(scan_byod_unit, scan_units, work / "scan", workers=workers, executor=executor, desc="byod: scan")
+    losses = losses_record({str(tars[int(n)]): s["error"] for n, s in scans.items() if s["error"]}, None)
+    check_losses(losses, strict)  # before anything is written
     # global first-occurrence dedup on uid, in input order
     seen: set[str] = set()
     dup = 0
@@ -338,11 +355,13 @@ def byod_from_shards(
         "input_samples": sum(s["samples"] for s in scans.values()),
         "samples": sum(r["written"] for r in res.values()),
         "without_image": sum(s["without_image"] for s in scans.values()),
+        "with_link_member": sum(s.get("with_link_member", 0) for s in scans.values()),
         "undecodable_images": sum(r["undecodable"] for r in res.values()),
         "duplicate_uids": dup,
         "damaged_tars": sorted(n for n, s in scans.items() if s["error"]),
     }
-    m = Manifest(stage=STAGE, params=params, counts=counts, timings={"total": round(time.time() - t0, 3)})
+    m = Manifest(stage=STAGE, params=params, counts=counts, timings={"total": round(time.time() - t0, 3)},
+                 extra={"losses": losses, "files": tree_records(pool, ["shards"])})  # not metadata/: embed adds to it
     write_manifest(pool, m)
     shutil.rmtree(work, ignore_errors=True)
     return m

@@ -27,10 +27,8 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -42,7 +40,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import ConfigError, DatacompError, InputError
-from ..formats.atomic import atomic_path, write_json
+from ..executors.children import ended_with_us, group_members, kill_group, spawn
+from ..formats.atomic import atomic_path, replaced_dir, write_json
+from ..formats.guard import check_apart
 from ..formats.manifest import Manifest, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -118,14 +118,13 @@ def fetch_metadata(
         raise ConfigError("download needs metadata: a local path (--metadata) or a scale (--scale) for the HF hub")
     if source is not None:
         files = _local_metadata_files(source)
-        if mdir.exists():
-            shutil.rmtree(mdir)
-        mdir.mkdir(parents=True)
-        for f in files:
-            _copy(f, mdir / f.name)
-            npz = f.with_suffix(".npz")
-            if npz.is_file():
-                _copy(npz, mdir / npz.name)
+        check_apart(mdir, {"metadata": files})
+        with replaced_dir(mdir) as new:  # the old metadata goes only once the new is complete
+            for f in files:
+                _copy(f, new / f.name)
+                npz = f.with_suffix(".npz")
+                if npz.is_file():
+                    _copy(npz, new / npz.name)
         return sorted(mdir.glob("*.parquet"))
     return _hub_metadata(mdir, scale, download_npz)
 
@@ -249,9 +248,8 @@ def run_img2dataset(url_list: Path, shards: Path, opts: DownloadOptions, mode: s
     env = dict(os.environ)
     env.update({"NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
                 "WANDB_MODE": "disabled", "OPENCV_IO_MAX_IMAGE_PIXELS": str(int(opts.max_pixels))})
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, dir=shards.parent) as f:
-        json.dump(cfg, f)
-        cfg_path = f.name
+    cfg_path = str(shards.parent / f".{shards.name}.i2d-config.json")  # one name: a killed run's is overwritten
+    write_json(cfg_path, cfg)
     t0 = time.time()
     runner_file = shards.parent / f".{shards.name}.runner.json"
     reap_stale_runner(runner_file)
@@ -260,17 +258,11 @@ def run_img2dataset(url_list: Path, shards: Path, opts: DownloadOptions, mode: s
     try:
         # own process group (so the whole img2dataset tree can be ended together), and the runner
         # dies with us (PR_SET_PDEATHSIG); a group orphaned by a kill -9 is ended by the next run
-        proc = subprocess.Popen([sys.executable, "-m", "datacomp.pool.i2d", cfg_path], env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+        proc = spawn([sys.executable, "-m", "datacomp.pool.i2d", cfg_path], env=env,
+                     stdout=out, stderr=subprocess.STDOUT)
         write_json(runner_file, {"pgid": proc.pid, "parent": os.getpid()}, indent=None)
-        try:
+        with ended_with_us(proc):  # interrupted: take img2dataset's workers down with us
             rc = wait_reporting_shards(proc, shards, _url_list_shards(url_list, opts.samples_per_shard))
-        except BaseException:  # interrupted: take img2dataset's workers down with us
-            _kill_group(proc.pid)
-            proc.wait()
-            raise
-        _kill_group(proc.pid)  # workers img2dataset left behind, if any
         runner_file.unlink(missing_ok=True)
     finally:
         if log_path:
@@ -315,37 +307,6 @@ def wait_reporting_shards(proc: subprocess.Popen, shards: Path, total: int | Non
                 return rc
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - not Linux: stale groups are still reaped by the next run
-        pass
-
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[2]) == pgid:
-                members.append(int(d.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return members
-
-
-def _kill_group(pgid: int) -> None:
-    """SIGKILL the process group of a runner this module started (its pgid is the runner's pid)."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
 
 def reap_stale_runner(runner_file: Path) -> None:
     """End an img2dataset process group left running by a killed earlier call on the same pool."""
@@ -354,7 +315,7 @@ def reap_stale_runner(runner_file: Path) -> None:
         return
     pgid = info["pgid"]
     ours = False
-    for pid in _group_members(pgid) if Path("/proc").is_dir() else []:
+    for pid in group_members(pgid) if Path("/proc").is_dir() else []:
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
@@ -363,9 +324,9 @@ def reap_stale_runner(runner_file: Path) -> None:
             ours = True
     if ours:
         log.warning("ending img2dataset processes (group %d) left by an interrupted download", pgid)
-        _kill_group(pgid)
+        kill_group(pgid)
         deadline = time.time() + 10
-        while _group_members(pgid) and time.time() < deadline:
+        while group_members(pgid) and time.time() < deadline:
             time.sleep(0.05)
     runner_file.unlink(missing_ok=True)
 

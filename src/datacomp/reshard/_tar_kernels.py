@@ -282,7 +282,8 @@ def walk(fd, file_size, window, small_max, edge):  # pragma: no cover - compiled
             plain = False  # a ustar name prefix
         if not plain:
             break
-        if flag == 48 or flag == 0 or flag == 55:  # a regular file: grouped as scan_unit does
+        link = flag == 49 or flag == 50  # a hard or symbolic link: an unsafe member of its sample
+        if flag == 48 or flag == 0 or flag == 55 or link:  # a regular file: grouped as scan_unit does
             base = h
             for k in range(h, h + n):
                 if buf[k] == 47:
@@ -309,7 +310,7 @@ def walk(fd, file_size, window, small_max, edge):  # pragma: no cover - compiled
                     s_json[n_s] = -1
                     key_n = dot - base
                     key[:key_n] = buf[base:dot]
-                if not _name_safe(buf, h, n):
+                if link or not _name_safe(buf, h, n):
                     unsafe += 1
                     s_bad[n_s] = True
                 else:

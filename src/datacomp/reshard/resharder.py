@@ -23,9 +23,10 @@ import pyarrow.parquet as pq
 from ..errors import ConfigError, FormatError, InputError, StageConflictError
 from ..executors import Unit, run_units
 from ..formats.atomic import atomic_path, file_sha256, write_json
+from ..formats.guard import check_apart, file_records
 from ..formats.manifest import MANIFEST_NAME, Manifest, check_reusable, manifest_digest, write_manifest
 from ..formats.pool import one_array
-from ..formats.shards import SHARD_FORMAT, list_shards, read_stats
+from ..formats.shards import SHARD_FORMAT, check_losses, list_shards, losses_record, read_stats
 from ..formats.uids import read_subset
 from ..progress import progress
 from . import fasttar
@@ -241,7 +242,7 @@ def _header_sum_ok(hdr: bytes, chk: int, chk_field: bytes | None = None) -> bool
     return 0 <= expect <= 512 * 255 and (expect + 1) % 65521 == zlib.adler32(hdr) & 0xFFFF
 
 
-def _read_headers_fast(tar: Path, file_size: int, peek: _Peek | None = None) -> tuple[list[tuple[str, int, int, bool]], int, str | None]:
+def _read_headers_fast(tar: Path, file_size: int, peek: _Peek | None = None) -> tuple[list[tuple[str, int, int, bool | None]], int, str | None]:
     """Headers of a plain ustar/GNU tar: [(name, data offset, size, regular file)], end, error.
 
     Reads a window of at least ``_WINDOW`` bytes from just before each header, unless the last
@@ -251,7 +252,7 @@ def _read_headers_fast(tar: Path, file_size: int, peek: _Peek | None = None) -> 
     image data is skipped. Several times faster than ``tarfile``. Raises _Fallback for anything
     unusual so ``tarfile`` handles it instead.
     """
-    entries: list[tuple[str, int, int, bool]] = []
+    entries: list[tuple[str, int, int, bool | None]] = []
     append = entries.append
     small = peek.small if peek is not None else None
     edges = peek.edges if peek is not None else None
@@ -304,7 +305,8 @@ def _read_headers_fast(tar: Path, file_size: int, peek: _Peek | None = None) -> 
             if magic == b"ustar" and prefix[0] != 0:
                 name = prefix.split(b"\0", 1)[0] + b"/" + name
             data = pos + 512
-            append((name.decode("utf-8", "surrogateescape"), data, size, flag in _REGULAR_TYPES))
+            append((name.decode("utf-8", "surrogateescape"), data, size,
+                    True if flag in _REGULAR_TYPES else (None if flag in _LINK_TYPES else False)))
             if small is not None:
                 if size <= _SMALL:
                     got = buf[h0 + 512 : h0 + 512 + size]
@@ -324,28 +326,29 @@ def _read_headers_fast(tar: Path, file_size: int, peek: _Peek | None = None) -> 
 
 _FALLBACK_TYPES = frozenset((b"x", b"g", b"L", b"K"))
 _REGULAR_TYPES = frozenset((b"0", b"\0", b"7"))
+_LINK_TYPES = frozenset((b"1", b"2"))  # hard and symbolic links: unsafe members, never sample data
 # name, size, checksum, type flag, magic, prefix
 _HDR = struct.Struct("100s24x12s12x8sc100x5s83x155s12x")
 
 
-def tar_members(tar: Path) -> list[tuple[str, int, int, bool]]:
-    """(name, data offset, size, regular file) of every member of ``tar`` that could be read, by
-    the resharder's header walk (a damaged tail ends the list where it starts)."""
+def tar_members(tar: Path) -> list[tuple[str, int, int, bool | None]]:
+    """(name, data offset, size, regular file: True / False, None for a link) of every member of
+    ``tar`` that could be read, by the resharder's header walk (a damaged tail ends the list)."""
     return _read_headers(Path(tar), os.path.getsize(tar))[0]
 
 
-def _read_headers(tar: Path, file_size: int, peek: _Peek | None = None) -> tuple[list[tuple[str, int, int, bool]], int, str | None]:
+def _read_headers(tar: Path, file_size: int, peek: _Peek | None = None) -> tuple[list[tuple[str, int, int, bool | None]], int, str | None]:
     try:
         return _read_headers_fast(tar, file_size, peek)
     except _Fallback:
         if peek is not None:
             peek.small.clear()
             peek.edges.clear()
-    entries: list[tuple[str, int, int, bool]] = []
+    entries: list[tuple[str, int, int, bool | None]] = []
     try:
         with tarfile.open(tar, "r:") as tf:  # random-access mode: data is skipped by seeking
             for m in tf:
-                entries.append((m.name, m.offset_data, m.size, m.isfile()))
+                entries.append((m.name, m.offset_data, m.size, True if m.isfile() else (None if m.islnk() or m.issym() else False)))
             return entries, tf.offset, None
     except (tarfile.TarError, OSError, EOFError) as e:
         return entries, 0, f"{type(e).__name__}: {e}"
@@ -499,7 +502,7 @@ def _samples_py(tar: Path, file_size: int) -> _PySamples:
             group_key, group, group_json, group_bad = None, [], None, False
 
         for name, offset, size, isfile in entries:
-            if not isfile:
+            if isfile is False:  # directories and the like; None is a link, counted below as unsafe
                 continue
             base = name.rsplit("/", 1)[-1]
             if "." not in base:
@@ -508,7 +511,7 @@ def _samples_py(tar: Path, file_size: int) -> _PySamples:
             if key != group_key:
                 flush()
                 group_key = key
-            if not _safe_name(name):
+            if isfile is None or not _safe_name(name):
                 found.unsafe_members += 1
                 group_bad = True
                 continue
@@ -1044,6 +1047,22 @@ def _local_mode(executor: str, n: int, process_min: int) -> str:
 
 # ---- the stage -----------------------------------------------------------------------------------
 
+def _scan_losses(shards: list[Path], scans: dict[str, dict[str, Any]]) -> tuple[dict, dict, dict]:
+    """(count mismatches, unreadable shards, :func:`losses_record`) from the scan's results."""
+    mismatches = {p.name: {"expected": scans[p.stem]["expected"], "found": scans[p.stem]["processed"]}
+                  for p in shards if scans[p.stem]["expected"] is not None and scans[p.stem]["expected"] != scans[p.stem]["processed"]}
+    corrupt = {p.name: scans[p.stem]["error"] for p in shards if scans[p.stem]["error"]}
+    damaged = {}
+    for p in shards:
+        why = [corrupt[p.name]] if p.name in corrupt else []
+        if p.name in mismatches:
+            why.append(f"{mismatches[p.name]['found']} of {mismatches[p.name]['expected']} samples readable")
+        if why:
+            damaged[str(p)] = "; ".join(why)
+    lost = sum(max(0, m["expected"] - m["found"]) for m in mismatches.values())
+    return mismatches, corrupt, losses_record(damaged, lost)
+
+
 def _input_shards(pool: Path) -> list[Path]:
     if not pool.is_dir():
         raise InputError(f"{pool}: pool directory does not exist")
@@ -1083,11 +1102,15 @@ def reshard(
     apply_blur: bool = False,
     reencode: str = "webp",
     quality: int = 100,
+    allow_empty: bool = False,
+    strict: bool = False,
 ) -> Manifest:
     """Write the subset's samples of ``pool`` (a pool dir with shards/, or a dir of tars) to ``out``.
 
     ``shuffle_bufsize`` > 0: the emitted sequence is shuffled in consecutive windows of that many
     samples (seeded by ``seed``; a sample moves less than one window), instead of input order.
+    An empty subset is an error unless ``allow_empty``. Samples lost to damaged input shards are
+    recorded in the manifest (``losses``); ``strict`` makes any loss an error.
     ``apply_blur``: blur the faces listed in ``POOL/metadata``'s ``face_bboxes`` (DATACOMP.md
     §3.2) and re-encode those images as ``reencode`` (webp, quality 100, like the reference's
     ``--apply-blur``); images without faces are copied unchanged.
@@ -1100,8 +1123,11 @@ def reshard(
     if reencode not in ("webp", "jpg"):
         raise ConfigError(f"unknown re-encode format '{reencode}' (choose webp or jpg)")
     pool, subset, out = Path(pool), Path(subset), Path(out)
+    check_apart(out, {"pool": pool, "subset": subset})
     shards = _input_shards(pool)
     sub = read_subset(subset, mmap=True)  # validates dtype and order
+    if len(sub) == 0 and not allow_empty:
+        raise InputError(f"{subset}: the subset is empty; nothing to reshard (pass --allow-empty to write an empty output)")
     params = {
         "pool": str(pool.resolve()),
         "input_shards": [p.name for p in shards],
@@ -1116,11 +1142,14 @@ def reshard(
         params.update(apply_blur=True, reencode=reencode, quality=quality)
         if not list((pool / "metadata").glob("*.parquet")):
             raise InputError(f"{pool}: --apply-blur needs the pool's metadata/*.parquet (face_bboxes)")
+    was_complete = (out / MANIFEST_NAME).is_file()
     existing = check_reusable(out, STAGE, params, overwrite)
     if existing is not None:
+        check_losses(existing.extra.get("losses") or {}, strict)
         log.info("%s: already resharded with these parameters, reusing it", out)
         shutil.rmtree(out / WORK, ignore_errors=True)
         return existing
+    overwrite = overwrite or was_complete  # a damaged finished output (check_reusable said why) is redone
 
     work = out / WORK
     params_file = work / "params.json"
@@ -1179,6 +1208,9 @@ def reshard(
                       desc="reshard: scan", unit_label="samples")
     if t_pipe is None:
         t_scan = time.time() - t0
+
+    mismatches, corrupt_shards, losses = _scan_losses(shards, scans)
+    check_losses(losses, strict)  # before anything is packed
 
     # plan: emitted sequence in input order, cut into output shards of shard_size
     emitted = [scans[p.stem]["emitted"] for p in shards]
@@ -1240,9 +1272,6 @@ def reshard(
     duplicated_in_pool = int(len(found_uids) - len(found_unique))
 
     processed = int(sum(s["processed"] for s in scans.values()))
-    mismatches = {p.name: {"expected": scans[p.stem]["expected"], "found": scans[p.stem]["processed"]}
-                  for p in shards if scans[p.stem]["expected"] is not None and scans[p.stem]["expected"] != scans[p.stem]["processed"]}
-    corrupt_shards = {p.name: scans[p.stem]["error"] for p in shards if scans[p.stem]["error"]}
     if missing_uids:
         log.warning("%d uids of the subset (%d subset rows) were not found in the input shards", missing_uids, missing_rows)
     for name, mm in mismatches.items():
@@ -1281,8 +1310,10 @@ def reshard(
     write_json(out / META, meta)
     inputs = {"pool": manifest_digest(pool)} if (pool / MANIFEST_NAME).is_file() else {}
     manifest = Manifest(stage=STAGE, params=params, inputs=inputs, counts=counts, timings=timings,
-                        extra={"meta": META, "sample_ids": SAMPLE_IDS,
-                               "shards": f"{{{0:08d}..{max(n_out - 1, 0):08d}}}.tar" if n_out else None})
+                        extra={"meta": META, "sample_ids": SAMPLE_IDS, "losses": losses,
+                               "shards": f"{{{0:08d}..{max(n_out - 1, 0):08d}}}.tar" if n_out else None,
+                               "files": file_records(out, [META, SAMPLE_IDS] + [
+                                   n for o in range(n_out) for n in (SHARD_FORMAT.format(o), f"{o:08d}_stats.json")])})
     write_manifest(out, manifest)
     shutil.rmtree(work, ignore_errors=True)
     log.info("reshard: %d of %d subset rows written as %d samples in %d shards (%d uids missing)",

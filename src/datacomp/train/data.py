@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,8 +73,10 @@ def _from_resharder(d: Path) -> tuple[list[str], list[Path]] | None:
         return None
     try:
         info = json.loads(meta.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FormatError(f"{meta}: corrupt resharder meta.json: {e}") from None
+    if not isinstance(info, dict):
+        raise FormatError(f"{meta}: corrupt resharder meta.json: a JSON {type(info).__name__}, not an object")
     n = info.get("output_shard_count")
     if not isinstance(n, int) or n <= 0:
         return None
@@ -110,6 +113,24 @@ def _discover(path: Path) -> tuple[list[str], list[Path]]:
     if not shards:
         raise InputError(f"{path}: no .tar shards")
     return patterns, shards
+
+
+def check_tar_head(path: Path) -> None:
+    """FormatError unless ``path`` starts with a valid tar header (or is an empty archive).
+
+    A shard of random bytes would otherwise reach webdataset, which skips bad headers with a log
+    line each and, with resampled shards, never runs out of them: a hang that fills the disk.
+    """
+    with open(path, "rb") as f:
+        block = f.read(tarfile.BLOCKSIZE)
+    if len(block) < tarfile.BLOCKSIZE:
+        raise FormatError(f"{path}: not a tar shard ({len(block)} bytes, shorter than one tar header)")
+    if block.count(0) == len(block):
+        return
+    try:
+        tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    except tarfile.HeaderError as e:
+        raise FormatError(f"{path}: not a tar shard (first header: {e})") from None
 
 
 def find_train_data(data: str | os.PathLike | list[str | os.PathLike]) -> TrainData:

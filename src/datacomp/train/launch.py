@@ -41,11 +41,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import Scale, load_scale
-from ..errors import ConfigError, DatacompError, InputError, StageConflictError
-from ..formats.atomic import atomic_path, write_bytes, write_json
+from ..errors import ConfigError, DatacompError, FormatError, InputError, StageConflictError
+from ..formats.atomic import write_bytes, write_json
+from ..executors.children import LOCK_NAME, dir_lock, ended_with_us, spawn
+from ..formats.guard import check_apart, file_records
 from ..formats.manifest import Manifest, check_reusable, manifest_digest, write_manifest
 from . import models
-from .data import TrainData, find_train_data
+from .data import TrainData, check_tar_head, find_train_data
 
 log = logging.getLogger(__name__)
 
@@ -298,19 +300,29 @@ def _hms(sec: float) -> str:
     return f"{sec // 3600}:{sec % 3600 // 60:02d}:{sec % 60:02d}"
 
 
+# webdataset logs "... Ignoring" for each member or shard it cannot read, and with resampled shards
+# never runs out of them: this many in a row, without a training step between, ends the run
+MAX_SKIPPED_LINES = 1000
+
+
 def _stream(cmd: list[str], env: dict[str, str], log_file: Path, progress: Progress | None = None) -> tuple[int, list[str]]:
     """Run ``cmd``, append its output to ``log_file``, and log progress lines (loss, samples/s, ETA)."""
     tail: deque[str] = deque(maxlen=40)
+    skipped = 0
     with open(log_file, "a", encoding="utf-8") as lf:
         lf.write(f"\n$ {shlex.join(cmd)}\n")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1)
+        proc = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1)
         assert proc.stdout is not None
-        try:
+        with ended_with_us(proc):  # an interrupted train takes the trainer (and torchrun's workers) along
             for line in proc.stdout:
                 lf.write(line)
                 line = line.rstrip()
                 tail.append(line)
                 msg = line.split("| INFO | ", 1)[-1]
+                skipped = skipped + 1 if "Ignoring" in line else (0 if "Train Epoch" in line else skipped)
+                if skipped > MAX_SKIPPED_LINES:  # data that yields no sample: fail, do not fill the disk
+                    raise FormatError(f"{log_file}: the training data yields no valid sample ({skipped} bad "
+                                      f"members or shards skipped in a row, e.g. {_short(msg)[:200]})")
                 if "Train Epoch" in line:
                     text = progress.update(msg) if progress is not None else None
                     log.info("train: %s", text or _short(msg))
@@ -321,10 +333,6 @@ def _stream(cmd: list[str], env: dict[str, str], log_file: Path, progress: Progr
                 else:
                     log.debug("train: %s", msg)
             rc = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
     return rc, list(tail)
 
 
@@ -438,6 +446,7 @@ def train(
     s = resolve_scale(scale)
     out = Path(out).expanduser().resolve()
     srcs = _sources(data)
+    check_apart(out, {"data": srcs, "checkpoint": resume if resume and resume != "latest" else None})
     per_source = [find_train_data(src) for src in srcs]
     tdata = find_train_data(srcs)
     weights = parse_weights(data_weights)
@@ -499,53 +508,77 @@ def train(
         with tempfile.TemporaryDirectory(prefix="datacomp-model-") as d:
             models.materialise(s.model, d)
             check_checkpoint(resume, d)
+    if not slurm:  # training here: every shard must at least start like a tar (a Slurm job's may not exist yet)
+        for shard in tdata.shards:
+            check_tar_head(shard)
     params = _params(s, tdata, seed, world, accum_freq, precision, extra_args, weights)
-    done = _prepare_out(out, params, overwrite)
-    if done is not None:
-        return done
-    out.mkdir(parents=True, exist_ok=True)
-    # bundled configs train from local-dir:out/model; built-in names get their config written too,
-    # so local-dir:out/model loads every run the same way
-    models.materialise(s.model, out / "model")
-    write_json(out / "train_args.json", {"command": cmd, "params": params, "sources": [str(x) for x in srcs],
-                                         "weights": weights})
-    if slurm:
-        script = slurm_script(args, nodes, gpus, workers, job_name=f"datacomp-{s.name}-{out.name}", log_dir=out,
-                              sbatch_options=sbatch_options, finish=out)
-        write_bytes(Path(slurm), script.encode())
-        Path(slurm).chmod(0o755)
-        print(summary)
-        print(f"# wrote {slurm}: submit it with `sbatch {slurm}`; the job trains, then writes {out / 'manifest.json'}")
-        log.info("train: wrote Slurm script %s (%d nodes x %d GPUs)", slurm, nodes, gpus)
-        return cmd
+    with dir_lock(out, "train"):  # a second train on this run directory refuses, naming this pid
+        done = _prepare_out(out, params, overwrite)
+        if done is not None:
+            return done
+        out.mkdir(parents=True, exist_ok=True)
+        # bundled configs train from local-dir:out/model; built-in names get their config written too,
+        # so local-dir:out/model loads every run the same way
+        models.materialise(s.model, out / "model")
+        write_json(out / "train_args.json", {"command": cmd, "params": params, "sources": [str(x) for x in srcs],
+                                             "weights": weights})
+        if slurm:
+            script = slurm_script(args, nodes, gpus, workers, job_name=f"datacomp-{s.name}-{out.name}", log_dir=out,
+                                  sbatch_options=sbatch_options, finish=out)
+            write_bytes(Path(slurm), script.encode())
+            Path(slurm).chmod(0o755)
+            print(summary)
+            print(f"# wrote {slurm}: submit it with `sbatch {slurm}`; the job trains, then writes {out / 'manifest.json'}")
+            log.info("train: wrote Slurm script %s (%d nodes x %d GPUs)", slurm, nodes, gpus)
+            return cmd
 
-    env = dict(os.environ)
-    env["HF_HUB_OFFLINE"] = "1"
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    if dev == "cpu":
-        # leave a core to each data-loader worker: OpenMP threads spinning on a shared core
-        # slow training down several-fold when the machine is busy
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (_cpu_count() - workers) // max(1, world))))
-    log.info("train: %s", summary[2:])
-    log.info("train: %d shards, %s unique samples, expected repetitions %s -> %s", tdata.num_shards,
-             tdata.samples if tdata.samples is not None else "?",
-             ", ".join("?" if r is None else f"{r:.2f}" for r in reps), out)
-    t0 = time.time()
-    cpu0 = _children_cpu()
-    ckpt = out / "checkpoints" / LATEST
-    if _final_epoch(ckpt) >= s.num_checkpoints:
-        log.info("train: %s already holds the final checkpoint; finishing the run", ckpt)
-        rc, tail = 0, []
-    else:
-        prog = Progress(s.num_checkpoints, s.samples_seen // s.num_checkpoints, s.batch_size, world, out / "progress.log")
-        rc, tail = _stream(cmd, env, out / "stdout.log", prog)
-    wall = time.time() - t0
-    cpu = _children_cpu() - cpu0
-    if rc != 0 or not ckpt.is_file():
-        last = next((l for l in reversed(tail) if l.strip() and "Traceback" not in l), "")
-        raise DatacompError(f"{out}: open_clip training failed (exit {rc}): {last[-300:]} (full log: {out / 'stdout.log'})")
-    return _finish(s, tdata, out, ckpt, cmd, params, wall, world, cpu, reps=reps, sources=[str(x) for x in srcs], data_weights=weights)
+        env = dict(os.environ)
+        env["HF_HUB_OFFLINE"] = "1"
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        if dev == "cpu":
+            # leave a core to each data-loader worker: OpenMP threads spinning on a shared core
+            # slow training down several-fold when the machine is busy
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (_cpu_count() - workers) // max(1, world))))
+        log.info("train: %s", summary[2:])
+        log.info("train: %d shards, %s unique samples, expected repetitions %s -> %s", tdata.num_shards,
+                 tdata.samples if tdata.samples is not None else "?",
+                 ", ".join("?" if r is None else f"{r:.2f}" for r in reps), out)
+        t0 = time.time()
+        cpu0 = _children_cpu()
+        ckpt = out / "checkpoints" / LATEST
+        if _final_epoch(ckpt) >= s.num_checkpoints:
+            log.info("train: %s already holds the final checkpoint; finishing the run", ckpt)
+            rc, tail = 0, []
+        else:
+            prog = Progress(s.num_checkpoints, s.samples_seen // s.num_checkpoints, s.batch_size, world, out / "progress.log")
+            rc, tail = _stream(cmd, env, out / "stdout.log", prog)
+        wall = time.time() - t0
+        cpu = _children_cpu() - cpu0
+        if rc != 0 or not ckpt.is_file():
+            last = next((l for l in reversed(tail) if l.strip() and "Traceback" not in l), "")
+            raise DatacompError(f"{out}: open_clip training failed (exit {rc}): {last[-300:]} (full log: {out / 'stdout.log'})")
+        return _finish(s, tdata, out, ckpt, cmd, params, wall, world, cpu, reps=reps, sources=[str(x) for x in srcs], data_weights=weights)
+
+
+def read_state_dict(ck: Path) -> dict[str, Any]:
+    """The model state dict of a torch checkpoint (``module.`` prefixes removed, tensors memory-mapped
+    where the format allows); a one-line InputError/FormatError for a missing or unreadable file."""
+    import torch
+
+    if not ck.is_file():
+        raise InputError(f"{ck}: checkpoint file does not exist")
+    try:
+        state = torch.load(ck, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        try:  # the legacy (non-zip) format cannot be memory-mapped
+            state = torch.load(ck, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise FormatError(f"{ck}: not a readable torch checkpoint ({type(e).__name__})") from None
+    sd = state.get("state_dict", state) if isinstance(state, dict) else None
+    if not isinstance(sd, dict) or not sd:
+        raise FormatError(f"{ck}: no model state dict in the checkpoint")
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
 
 
 def check_checkpoint(checkpoint: str | os.PathLike, model_dir: str | os.PathLike) -> None:
@@ -554,16 +587,7 @@ def check_checkpoint(checkpoint: str | os.PathLike, model_dir: str | os.PathLike
     import torch
 
     ck = Path(checkpoint)
-    if not ck.is_file():
-        raise InputError(f"{ck}: checkpoint file does not exist")
-    try:
-        state = torch.load(ck, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise FormatError(f"{ck}: not a readable torch checkpoint ({type(e).__name__})") from None
-    sd = state.get("state_dict", state) if isinstance(state, dict) else None
-    if not isinstance(sd, dict) or not sd:
-        raise FormatError(f"{ck}: no model state dict in the checkpoint")
-    sd = {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
+    sd = read_state_dict(ck)
     import open_clip
 
     with torch.device("meta"):
@@ -581,7 +605,7 @@ def check_checkpoint(checkpoint: str | os.PathLike, model_dir: str | os.PathLike
 
 def _prepare_out(out: Path, params: dict[str, Any], overwrite: bool) -> Manifest | None:
     """The finished manifest when ``out`` holds this run; None to (re)start or resume it; a conflict otherwise."""
-    if not (out.is_dir() and any(out.iterdir())):
+    if not (out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir())):
         return None
     if overwrite:
         log.info("train: overwrite: clearing %s", out)
@@ -644,6 +668,8 @@ def _final_epoch(ckpt: Path) -> int:
 
 def _wipe(out: Path) -> None:
     for p in out.iterdir():
+        if p.name == LOCK_NAME:
+            continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         else:
@@ -671,8 +697,7 @@ def _finish(s: Scale, tdata: TrainData, out: Path, ckpt: Path, cmd: list[str], p
         # model/ gets a hard link to it (open_clip's local-dir loader reads the 'state_dict' key)
         if "optimizer" in state:
             slim = {k: v for k, v in state.items() if k not in ("optimizer", "scaler")}
-            with atomic_path(ckpt, suffix=".pt") as tmp:
-                torch.save(slim, tmp)
+            models.save_torch(slim, ckpt)
         final = ckpt.with_name(f"epoch_{epoch}.pt")
         if final.is_file():
             final.unlink()
@@ -724,7 +749,8 @@ def _finish(s: Scale, tdata: TrainData, out: Path, ckpt: Path, cmd: list[str], p
         timings={"train_s": round(wall, 2), "cpu_s": round(cpu, 2)},  # cpu_s: trainer + data workers
         extra={"checkpoint": str(ckpt), "model_dir": str(out / "model"),
                "final_loss": final.get("avg_loss"), "samples_per_s": round(sum(rates) / len(rates), 1) if rates else None,
-               "sources": _source_rows(sources, data_weights, reps)},
+               "sources": _source_rows(sources, data_weights, reps),
+               "files": file_records(out, [str(ckpt.relative_to(out)), str(weights.relative_to(out))])},
     )
     write_manifest(out, manifest)
     log.info("train: done in %.1fs, checkpoint %s", wall, ckpt)

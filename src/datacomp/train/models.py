@@ -82,12 +82,17 @@ def materialise(model: str, out_dir: str | os.PathLike, state_dict: Any = None) 
     return out
 
 
-def save_weights(state_dict: Any, path: str | os.PathLike) -> None:
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically and reproducibly: through a file object, so the zip's record
+    names are torch's fixed "archive/..." and not the stem of the temporary file's random name."""
     import torch
 
-    sd = {(k[7:] if k.startswith("module.") else k): v for k, v in state_dict.items()}
-    with atomic_path(path, suffix=".bin") as tmp:
-        torch.save(sd, tmp)
+    with atomic_path(path, suffix=Path(path).suffix) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
+def save_weights(state_dict: Any, path: str | os.PathLike) -> None:
+    save_torch({(k[7:] if k.startswith("module.") else k): v for k, v in state_dict.items()}, path)
 
 
 def _local_dir(model: str) -> Path | None:

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from ...errors import FormatError
-from ...formats.pool import SCORE_COLUMNS, npz_path, read_npz
+from ...formats.pool import SCORE_COLUMNS, check_unit_rows, npz_path, read_npz
 from ..registry import OpParamError, ShardContext, ShardOp, register
 
 
@@ -67,6 +67,8 @@ class ClipScore(ShardOp):
             img, txt = img[ctx.rows], txt[ctx.rows]
         if img.shape[1] != txt.shape[1]:
             raise FormatError(f"{path}: '{keys[0]}' has dimension {img.shape[1]} but '{keys[1]}' has {txt.shape[1]}")
+        for k, a in zip(keys, (img, txt)):
+            check_unit_rows(a, k, path)
         scores = np.einsum("ij,ij->i", img.astype(np.float32), txt.astype(np.float32)).astype(np.float32)
         check_finite(scores, f"{keys[0]}·{keys[1]}", path)
         return {self.out: pa.array(scores)}

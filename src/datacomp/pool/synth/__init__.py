@@ -27,6 +27,7 @@ from ...config import Scale
 from ...errors import ConfigError, StageConflictError
 from ...executors import Unit, run_units
 from ...formats.atomic import write_json, write_text
+from ...formats.guard import tree_records
 from ...formats.manifest import MARKER_DIR, Manifest, check_reusable, clear_markers, write_manifest
 from .calibration import measure
 from .evalsuite import TASKS, classnames, evalsets_readme, task_sizes, write_task
@@ -138,7 +139,9 @@ def synthesize(out: Path, scale: Scale, seed: int = 0, workers: int = 2, overwri
     manifest = Manifest(stage=STAGE, params=params, counts=counts, timings=timings,
                         extra={"measured": measured, "noise_rates": noise,
                                "evalsets": {t.key: t.dirname for t in TASKS},
-                               "rows_per_second": round(n_rows / max(timings["shards"], 1e-9), 1)})
+                               "rows_per_second": round(n_rows / max(timings["shards"], 1e-9), 1),
+                               # reuse checks these; not metadata/, to which embed adds npz keys and scores
+                               "files": tree_records(out, [d for d in OUTPUT_DIRS if d != "metadata"])})
     write_manifest(out, manifest)
     log.info("synth: %d rows in %.1fs; basic_filter keeps %.1f%%, English+length %.1f%%", n_rows, timings["total"],
              100 * measured["basic_filter"], 100 * measured["english_caption_len"])
