@@ -31,6 +31,7 @@ from datacomp.formats.uids import pairs_to_uids, read_subset
 from datacomp.pool.synth.targets import render_targets, world_spec
 from datacomp.pool.synth.world import load_world
 from datacomp.reshard import reshard
+from datacomp.report.build import build_report
 from datacomp.run import run_loop
 
 pytestmark = pytest.mark.slow
@@ -51,6 +52,7 @@ def loop(tmp_path_factory):
         if r not in TRAINED:
             run_filter(wd / "pool", r, wd / "subsets" / f"{r}.npy", workers=2)
             reshard(wd / "pool", wd / "subsets" / f"{r}.npy", wd / "shards" / r, shard_size=shard_size, workers=2)
+    build_report([wd], wd / "report")  # the page `datacomp run` would write now: every subset in the workdir
     return wd, rows
 
 
