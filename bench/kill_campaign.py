@@ -70,7 +70,7 @@ def tree_digest(root: Path) -> dict[str, str]:
                 docs = [json.loads(line) for line in data.splitlines() if line.strip()] if p.suffix == ".jsonl" \
                     else [json.loads(data)]
                 data = json.dumps(_normal(docs), sort_keys=True).encode()
-            except ValueError:
+            except ValueError:  # not JSON after all: its bytes are compared as they are
                 pass
         out[rel] = hashlib.sha256(data).hexdigest()
     return out

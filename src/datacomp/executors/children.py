@@ -29,7 +29,7 @@ def die_with_parent() -> None:  # runs in the child between fork and exec
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - not Linux: stale groups are still reaped by the next run
+    except (OSError, AttributeError):  # not Linux (no prctl): stale groups are still reaped by the next run
         pass
 
 

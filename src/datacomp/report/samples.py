@@ -13,11 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from ..formats.atomic import write_bytes
+from ..formats.pool import list_parquets, shards_dir
+from ..formats.shards import IMAGE_EXTS
 
 META_COLUMNS = ("uid", "text", "original_width", "original_height", "clip_l14_similarity_score",
                 "clip_b32_similarity_score")
-IMAGE_EXT = (".jpg", ".jpeg", ".png", ".webp")
 THUMB = 96
 
 
@@ -49,8 +51,9 @@ def load_pool_table(pool: Path) -> PoolTable | None:
 
     from ..formats.uids import uids_to_pairs
 
-    files = sorted((pool / "metadata").glob("*.parquet"))
-    if not files:
+    try:
+        files = list_parquets(pool)
+    except InputError:
         return None
     tables = []
     for p in files:
@@ -82,7 +85,7 @@ def _shard_keys(pool: Path, wanted: set[str]) -> dict[Path, dict[str, str]]:
     import pyarrow.parquet as pq
 
     out: dict[Path, dict[str, str]] = {}
-    for p in sorted((pool / "shards").glob("*.parquet")):
+    for p in sorted(shards_dir(pool).glob("*.parquet")):
         tar = p.with_suffix(".tar")
         names = set(pq.read_schema(p).names)
         if not tar.is_file() or not {"key", "uid"} <= names:
@@ -106,7 +109,7 @@ def thumbnails(pool: Path, uids: set[str], out_dir: Path, rel: str) -> dict[str,
         with open(tar, "rb") as f:
             for name, offset, size, regular in tar_members(tar):
                 stem, dot, ext = name.rpartition(".")
-                if not regular or not dot or "." + ext.lower() not in IMAGE_EXT or stem not in keys or keys[stem] in found:
+                if not regular or not dot or ext.lower() not in IMAGE_EXTS or stem not in keys or keys[stem] in found:
                     continue
                 f.seek(offset)
                 try:
