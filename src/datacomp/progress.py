@@ -18,9 +18,12 @@ from tqdm import tqdm
 DEFAULT_INTERVAL = 30.0
 
 
-def _hms(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+def hms(sec: float) -> str:
+    """Seconds as H:MM:SS ("?" when not finite): the ETA and elapsed format of every progress line."""
+    if sec != sec or sec in (float("inf"), float("-inf")):
+        return "?"
+    sec = int(round(sec))
+    return f"{sec // 3600}:{sec % 3600 // 60:02d}:{sec % 60:02d}"
 
 
 class LineProgress:
@@ -47,10 +50,10 @@ class LineProgress:
         rate = self.n / elapsed
         count = f"{self.n:,.0f}" + (f"/{self.total:,.0f}" if self.total else "") + f" {self.unit}"
         if done:
-            text = f"{self.desc}: done, {count} in {_hms(elapsed)} ({rate:,.1f}/s)"
+            text = f"{self.desc}: done, {count} in {hms(elapsed)} ({rate:,.1f}/s)"
         else:
             pct = f" ({100 * self.n / self.total:.1f}%)" if self.total else ""
-            eta = f", ETA {_hms((self.total - self.n) / rate)}" if self.total and rate > 0 else ""
+            eta = f", ETA {hms((self.total - self.n) / rate)}" if self.total and rate > 0 else ""
             text = f"{self.desc}: {count}{pct}, {rate:,.1f}/s{eta}"
         print(text, file=self.stream, flush=True)
         self.printed = True

@@ -46,6 +46,7 @@ from ..formats.atomic import write_bytes, write_json
 from ..executors.children import LOCK_NAME, dir_lock, ended_with_us, spawn
 from ..formats.guard import check_apart, file_records
 from ..formats.manifest import Manifest, check_reusable, manifest_digest, write_manifest
+from ..progress import hms
 from . import models
 from .data import TrainData, check_tar_head, find_train_data
 
@@ -284,20 +285,13 @@ class Progress:
         step, steps = seen // self.batch, self.total // self.batch
         text = (f"epoch {int(ep) + 1}/{self.epochs} step {step}/{steps} ({100 * seen / max(1, self.total):.1f}%) "
                 f"loss {float(loss):.4f} (avg {float(avg):.4f}) {float(rate):.1f} samples/s ({per_gpu:.1f}/s/gpu) "
-                f"lr {float(lr):.3g} ETA {_hms(eta)}")
+                f"lr {float(lr):.3g} ETA {hms(eta)}")
         self.last = {"step": step, "steps": steps, "samples": seen, "loss": float(loss), "samples_per_s": float(rate),
                      "samples_per_s_per_gpu": per_gpu, "eta_s": eta}
         if self.log_file is not None:
             with open(self.log_file, "a", encoding="utf-8") as f:
                 f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
         return text
-
-
-def _hms(sec: float) -> str:
-    if sec != sec or sec == float("inf"):
-        return "?"
-    sec = int(round(sec))
-    return f"{sec // 3600}:{sec % 3600 // 60:02d}:{sec % 60:02d}"
 
 
 # webdataset logs "... Ignoring" for each member or shard it cannot read, and with resampled shards
