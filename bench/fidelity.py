@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from datacomp.report.ranking import rankdata, spearman, spearman_ranks  # noqa: F401  (re-exported)
+from datacomp.report.ranking import rankdata, spearman  # noqa: F401  (re-exported)
 from datacomp.report.truth import truth_composition  # noqa: F401  (re-exported)
 
 BASELINES = ("no_filter", "basic_filter", "text_based", "image_based", "laion2b", "clip_score_b32_30",

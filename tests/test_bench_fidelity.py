@@ -1,4 +1,4 @@
-"""bench/fidelity.py's pure parts: ranks, Spearman (scipy and the fallback), the tables, the gaps."""
+"""bench/fidelity.py's pure parts: ranks, Spearman (against scipy), the tables, the gaps."""
 from __future__ import annotations
 
 import importlib.util
@@ -23,20 +23,19 @@ def test_rankdata_averages_ties():
     ([0.258, 0.285, 0.307, 0.312, 0.292, 0.328, 0.328, 0.338], [0.15, 0.2, 0.21, 0.19, 0.17, 0.22, 0.18, 0.23]),
     ([3, 1, 2, 2], [1, 1, 2, 3]),
 ])
-def test_spearman_scipy_and_fallback_agree(x, y):
+def test_spearman_agrees_with_scipy(x, y):
     scipy_stats = pytest.importorskip("scipy.stats")
     expected = float(scipy_stats.spearmanr(x, y).statistic)
     assert fid.spearman(x, y) == pytest.approx(expected)
-    assert fid.spearman_ranks(x, y) == pytest.approx(expected)
 
 
 def test_spearman_edges():
     assert fid.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1)
-    assert fid.spearman_ranks([1, 2, 3], [10, 20, 30]) == pytest.approx(1)
-    assert fid.spearman([1, 1, 1], [1, 2, 3]) is None and fid.spearman_ranks([1, 1, 1], [1, 2, 3]) is None
+    assert fid.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1)
+    assert fid.spearman([1, 1, 1], [1, 2, 3]) is None
     assert fid.spearman([1], [2]) is None
     with pytest.raises(ValueError):
-        fid.spearman_ranks([1, 2], [1, 2, 3])
+        fid.spearman([1, 2], [1, 2, 3])
 
 
 def _rows(avgs: dict[str, float], shift: float = 0.0):

@@ -35,24 +35,11 @@ def _pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
     return sxy / math.sqrt(sxx * syy)
 
 
-def spearman_ranks(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Spearman's rho as the Pearson correlation of average ranks (tie-aware); None if undefined."""
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rho: the Pearson correlation of average ranks (tie-aware, as scipy's
+    ``spearmanr``); None when undefined (fewer than 2 values, or one side constant)."""
     if len(x) != len(y):
         raise ValueError(f"spearman: {len(x)} values against {len(y)}")
     if len(x) < 2:
         return None
     return _pearson(rankdata(x), rankdata(y))
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Spearman's rho with scipy where it is installed, else :func:`spearman_ranks` (same result)."""
-    try:
-        from scipy.stats import spearmanr
-    except ImportError:  # scipy comes with scikit-learn, a dependency; kept for a bare environment
-        return spearman_ranks(x, y)
-    if len(x) != len(y):
-        raise ValueError(f"spearman: {len(x)} values against {len(y)}")
-    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
-        return None
-    rho = float(spearmanr(x, y).statistic)
-    return None if math.isnan(rho) else rho
