@@ -335,6 +335,35 @@ def test_objects_mostly_have_their_concepts_typical_colour(pool):
     assert abs(share - noise["concept_colour"]) < 0.03
     # the colour alone does not give the concept away: every colour is some concept's and others'
     assert tr.colour.nunique() == len(world.colours)
+    # ...but web-only content and task concepts are drawn in disjoint palettes (as the web's
+    # non-ImageNet content looks unlike ImageNet's classes), off-colour objects included
+    web = ~tr.concept_id.map(lambda c: world.concepts[c].task)
+    web_colours = set(world.concepts[int(tr.concept_id[web].iloc[0])].palette)
+    assert 2 <= len(web_colours) < len(world.colours)
+    assert set(tr.colour[web]) == web_colours
+    assert not set(tr.colour[~web]) & web_colours
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["concepts"][0].update(colour="teal"), "task concept 'dog' has no colour or one outside its palette ('teal')"),
+    (lambda d: d["concepts"][2].update(colour="red"), "web-only concept 'car' has no colour or one outside its palette ('red')"),
+    (lambda d: d.update(web_colours=["teal", "mauve"]), "'web_colours' must list at least 2 distinct colours"),
+])
+def test_concepts_yaml_palettes_are_checked(monkeypatch, edit, message):
+    import copy
+
+    from datacomp.pool.synth import world as world_mod
+
+    real = world_mod._load
+    data = copy.deepcopy(real("concepts.yaml"))
+    edit(data)
+    monkeypatch.setattr(world_mod, "_load", lambda name: data if name == "concepts.yaml" else real(name))
+    world_mod.all_concepts.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            world_mod.all_concepts()
+    finally:
+        world_mod.all_concepts.cache_clear()
 
 
 def test_task_concepts_are_the_eval_classes_and_the_pool_has_web_only_ones(pool):

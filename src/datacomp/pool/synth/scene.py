@@ -69,11 +69,12 @@ def pick_backgrounds(rng: random.Random, world: World, colour: str) -> tuple[str
 
 
 def concept_colour(rng: random.Random, world: World, concept: int, noise: dict[str, Any]) -> str:
-    """The concept's typical colour with probability ``noise['concept_colour']``, else another colour."""
-    typical = world.concepts[concept].colour
+    """The concept's typical colour with probability ``noise['concept_colour']``, else another colour
+    of its palette (web-only concepts and task concepts are drawn in disjoint sets of colours)."""
+    c = world.concepts[concept]
     if rng.random() < float(noise["concept_colour"]):
-        return typical
-    return rng.choice([c for c in world.colours if c != typical])
+        return c.colour
+    return rng.choice([p for p in c.palette if p != c.colour])
 
 
 def sample_scene(rng: random.Random, world: World, noise: dict[str, Any], **fixed: Any) -> Scene:

@@ -29,6 +29,7 @@ class Concept:
     colour: str     # typical colour (drawn with probability noise['concept_colour'])
     tr: dict[str, tuple[str, str]]  # language -> (indefinite singular, plural)
     task: bool = True  # a class of the ImageNet-analogue tasks (else a web-only concept)
+    palette: tuple[str, ...] = ()  # the colours it is drawn in: web_colours if web-only, else the others
 
 
 @dataclass(frozen=True)
@@ -69,19 +70,25 @@ def _load(name: str) -> Any:
 def all_concepts() -> tuple[Concept, ...]:
     d = _load("concepts.yaml")
     shapes, marks = set(d["shapes"]), set(d["marks"])
-    colours = set(_load("language.yaml")["colours"])
+    colours = list(_load("language.yaml")["colours"])
+    web = tuple(d.get("web_colours") or ())
+    if len(web) < 2 or not set(web) <= set(colours) or len(set(web)) != len(web):
+        raise ConfigError(f"concepts.yaml: 'web_colours' must list at least 2 distinct colours of language.yaml, got {list(web)}")
+    palettes = {False: web, True: tuple(c for c in colours if c not in web)}
     out, seen, looks = [], set(), set()
     for i, c in enumerate(d["concepts"]):
         if c["shape"] not in shapes or c["mark"] not in marks:
             raise ConfigError(f"concepts.yaml: concept {c['name']!r} has an unknown shape or mark")
-        if c.get("colour") not in colours:
-            raise ConfigError(f"concepts.yaml: concept {c['name']!r} has no colour or an unknown one ({c.get('colour')!r})")
+        task = bool(c.get("task", True))
+        if c.get("colour") not in palettes[task]:
+            kind = "task concept" if task else "web-only concept"
+            raise ConfigError(f"concepts.yaml: {kind} {c['name']!r} has no colour or one outside its palette ({c.get('colour')!r})")
         if c["name"] in seen or (c["shape"], c["mark"]) in looks:
             raise ConfigError(f"concepts.yaml: concept {c['name']!r} repeats a name or a (shape, mark) pair")
         seen.add(c["name"])
         looks.add((c["shape"], c["mark"]))
         out.append(Concept(i, c["name"], c["plural"], c["shape"], c["mark"], c["colour"], {k: tuple(v) for k, v in c["tr"].items()},
-                           bool(c.get("task", True))))
+                           task, palettes[task]))
     return tuple(out)
 
 
