@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 import numpy as np
 
 from ..executors.children import die_with_parent
-from .evalsets import EvalSet, ImageDataset, collate_images
+from .dataset import EvalSet
+from .images import ImageDataset, collate_images
 from .metrics import (
     FAIRNESS_OBJECTIVES,
     classification_metrics,
