@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 from ..errors import ConfigError
 from ..formats.manifest import mark_done, read_marker
 from ..progress import progress
-from .base import Unit
+from .unit import Unit
 
 Results = dict[str, dict[str, Any]]
 
