@@ -78,6 +78,39 @@ def _drop_stale_shards(out: Path, n_out: int) -> None:
             p.with_name(p.stem + "_stats.json").unlink(missing_ok=True)
 
 
+def _open_output(out: Path, params: dict[str, Any], overwrite: bool) -> Manifest | None:
+    """The output directory's lifecycle: the finished output made with these parameters (reused),
+    or None once ``out`` is ready for a run — empty, or an unfinished reshard with these
+    parameters (resumed: ``WORK/params.json`` records them). Anything else is a
+    StageConflictError unless ``overwrite``, which clears what a reshard writes there."""
+    was_complete = (out / MANIFEST_NAME).is_file()
+    existing = check_reusable(out, STAGE, params, overwrite)
+    if existing is not None:
+        log.info("%s: already resharded with these parameters, reusing it", out)
+        shutil.rmtree(out / WORK, ignore_errors=True)
+        return existing
+    overwrite = overwrite or was_complete  # a damaged finished output (check_reusable said why) is redone
+    params_file = out / WORK / "params.json"
+    if out.is_dir():
+        prev = None
+        if params_file.is_file():
+            try:
+                prev = json.loads(params_file.read_text())
+            except json.JSONDecodeError:
+                prev = None
+        if prev is not None and prev == json.loads(json.dumps(params)):
+            log.info("%s: resuming an unfinished reshard", out)
+        elif any(out.iterdir()):
+            if not overwrite:
+                raise StageConflictError(f"{out}: output directory is not empty and holds no unfinished reshard "
+                                         "with these parameters; pass --overwrite to replace it")
+            _clear(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not params_file.is_file():
+        write_json(params_file, params)
+    return None
+
+
 def _our_files(out: Path) -> list[Path]:
     names = []
     for p in out.iterdir():
@@ -149,34 +182,11 @@ def reshard(
         params.update(apply_blur=True, reencode=reencode, quality=quality)
         if not list((pool / "metadata").glob("*.parquet")):
             raise InputError(f"{pool}: --apply-blur needs the pool's metadata/*.parquet (face_bboxes)")
-    was_complete = (out / MANIFEST_NAME).is_file()
-    existing = check_reusable(out, STAGE, params, overwrite)
+    existing = _open_output(out, params, overwrite)
     if existing is not None:
         check_losses(existing.extra.get("losses") or {}, strict)
-        log.info("%s: already resharded with these parameters, reusing it", out)
-        shutil.rmtree(out / WORK, ignore_errors=True)
         return existing
-    overwrite = overwrite or was_complete  # a damaged finished output (check_reusable said why) is redone
-
     work = out / WORK
-    params_file = work / "params.json"
-    if out.is_dir():
-        prev = None
-        if params_file.is_file():
-            try:
-                prev = json.loads(params_file.read_text())
-            except json.JSONDecodeError:
-                prev = None
-        if prev is not None and prev == json.loads(json.dumps(params)):
-            log.info("%s: resuming an unfinished reshard", out)
-        elif any(out.iterdir()):
-            if not overwrite:
-                raise StageConflictError(f"{out}: output directory is not empty and holds no unfinished reshard "
-                                         "with these parameters; pass --overwrite to replace it")
-            _clear(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not params_file.is_file():
-        write_json(params_file, params)
 
     ids_path = out / SAMPLE_IDS
     if not ids_path.is_file():
