@@ -46,8 +46,8 @@ class Scale:
         return self.samples_seen // self.batch_size
 
 
-# What each key of a scale must hold: (kind, may be null). ``int``: an integer (not a boolean);
-# ``number``: an integer or a float; ``positive``: the number is > 0.
+# What each key of a scale must hold: (kind, may be null, must be > 0). An integer is not a
+# boolean; a number is an integer or a finite float.
 _INT, _NUMBER, _STR, _BOOL, _MAP = "an integer", "a number", "a string", "true or false", "a mapping"
 SCALE_KEYS: dict[str, tuple[str, bool, bool]] = {  # key -> (kind, nullable, positive)
     "pool_size": (_INT, True, True),
@@ -66,8 +66,8 @@ SCALE_KEYS: dict[str, tuple[str, bool, bool]] = {  # key -> (kind, nullable, pos
 # the embedded world's sizes (``world:``) and each teacher's training (``teachers: {b32: ...}``)
 WORLD_KEYS = {k: (_INT, False, True) for k in ("concepts", "shard_size", "curated_size", "eval_size", "retrieval_size")}
 TEACHER_KEYS: dict[str, tuple[str, bool, bool]] = {
-    "model": (_STR, False, False), "samples_seen": (_INT, False, True), "batch_size": (_INT, False, True),
-    "lr": (_NUMBER, False, True), "warmup": (_INT, False, False), "score_scale": ("a list", True, False),
+    **{k: SCALE_KEYS[k] for k in ("model", "samples_seen", "batch_size", "lr", "warmup")},
+    "score_scale": ("a list", True, False),
 }
 _OPTIONAL = {"embedded", "world", "teachers", "score_scale"}
 
