@@ -104,13 +104,12 @@ class TarSamples:
                 split = split_member(m.name)
                 if split is None:
                     continue
-                f = None if link else tf.extractfile(m)
-                data = f.read() if f is not None else b""
-                if split[0] != key:
+                if split[0] != key:  # the previous sample is whole: yield it before reading on
                     if key is not None:
                         yield key, files
                     key, files = split[0], {}
-                files[LINK if link else split[1]] = data
+                f = None if link else tf.extractfile(m)
+                files[LINK if link else split[1]] = f.read() if f is not None else b""
         except (tarfile.TarError, EOFError, OSError) as e:
             if self.on_damage == "raise":
                 raise FormatError(f"{self.path}: corrupt tar: {e}") from None
