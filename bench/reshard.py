@@ -14,7 +14,7 @@ noise, quality 90; ~40-70 kB each), then times, on the same files:
   runs its units in ``workers`` threads at this size).
 
 ``--kernels loaded`` (default) loads the resharder's compiled kernels before timing, so every
-repeat runs as a reshard of ``resharder.KERNEL_MIN`` samples or more does (the per-process load
+repeat runs as a reshard of ``reshard.compiled.KERNEL_MIN`` samples or more does (the per-process load
 is reported apart, as ``kernel_load_s``); ``--kernels auto`` leaves the choice to the library,
 which runs a pool this small in Python unless numba is loaded already.
 
@@ -45,7 +45,7 @@ from PIL import Image
 from datacomp.formats.shards import ShardWriter
 from datacomp.formats.uids import make_subset, uids_to_pairs, write_subset
 from datacomp.reshard import reshard
-from datacomp.reshard.resharder import load_kernels
+from datacomp.reshard.compiled import load_kernels
 
 
 def realistic_jpegs(n: int, seed: int = 0) -> list[bytes]:

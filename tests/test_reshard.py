@@ -13,6 +13,7 @@ from datacomp.errors import InputError, StageConflictError
 from datacomp.formats.shards import ShardWriter, iter_samples, list_shards, read_stats
 from datacomp.formats.uids import make_subset, read_subset, uids_to_pairs, write_subset
 from datacomp.reshard import reshard
+from datacomp.reshard import keys as rkeys
 from datacomp.reshard import resharder as rs
 
 
@@ -188,8 +189,8 @@ def test_membership_is_vectorised_and_exact():
     rng = np.random.default_rng(0)
     uids = [rng.bytes(16).hex() for _ in range(500)] + ["00" * 16, "ff" * 16, "ab" + "00" * 15]
     sub = make_subset(uids_to_pairs(uids[::3] + uids[::6]))
-    keys = rs.pairs_to_keys(sub)
-    mult = rs.multiplicities(rs.hex_to_keys(uids), keys)
+    keys = rkeys.pairs_to_keys(sub)
+    mult = rkeys.multiplicities(rkeys.hex_to_keys(uids), keys)
     expect = [sum(1 for x in (uids[::3] + uids[::6]) if x == u) for u in uids]
     assert mult.tolist() == expect
 

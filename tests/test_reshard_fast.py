@@ -17,7 +17,12 @@ from PIL import Image
 from datacomp.formats.shards import ShardWriter
 from datacomp.formats.uids import make_subset, uids_to_pairs, write_subset
 from datacomp.reshard import fasttar
+from datacomp.formats import ustar
+from datacomp.reshard import compiled as rcompiled
+from datacomp.reshard import pack as rpack
 from datacomp.reshard import resharder as rs
+from datacomp.reshard import scan as rscan
+from datacomp.reshard.keys import is_uid
 from datacomp.reshard.fasttar import FastTarWriter, Range
 
 U = "0123456789abcdef0123456789ABCDEF"
@@ -57,25 +62,25 @@ JSONS = [
 
 @pytest.mark.parametrize("raw", JSONS)
 def test_fast_uid_parse_matches_json(raw: bytes):
-    got = rs._uid_from_json(raw)
+    got = rscan._uid_from_json(raw)
     assert got == _json_uid(raw)
-    assert rs._is_uid(got) == rs._is_uid(_json_uid(raw))
+    assert is_uid(got) == is_uid(_json_uid(raw))
 
 
 def test_fast_uid_parse_is_lenient_with_broken_flat_json():
     # like the resharder always was: a flat object's uid is kept even if the rest is not JSON
     raw = b'{"uid": "%s", "caption": "\xff"}' % U.encode()
-    assert _json_uid(raw) is None and rs._uid_from_json(raw) == U
+    assert _json_uid(raw) is None and rscan._uid_from_json(raw) == U
 
 
 def test_header_checksum_test_is_exact_for_real_headers():
     good = fasttar.ustar_header("abc.jpg", 12345)
     chk = int(good[148:154], 8)
-    assert rs._header_sum_ok(good, chk)
-    assert not rs._header_sum_ok(good, chk + 1)
+    assert ustar.header_sum_ok(good, chk)
+    assert not ustar.header_sum_ok(good, chk + 1)
     bad = bytearray(good)
     bad[10] ^= 0x01
-    assert not rs._header_sum_ok(bytes(bad), chk)
+    assert not ustar.header_sum_ok(bytes(bad), chk)
 
 
 def _write(path: Path, items) -> bytes:
@@ -179,15 +184,16 @@ def test_executors_and_pack_paths_give_identical_bytes(tmp_path: Path, monkeypat
     sub = tmp_path / "s.npy"
     write_subset(sub, make_subset(uids_to_pairs(uids + uids[::3] + [_uid(999)])))
     with monkeypatch.context() as python_only:
-        python_only.setattr(rs, "_use_kernels", lambda compiled: False)
+        python_only.setattr(rscan, "use_kernels", lambda compiled: False)
+        python_only.setattr(rpack, "use_kernels", lambda compiled: False)
         ref = rs.reshard(pool, sub, tmp_path / "ref", shard_size=4, workers=1)
         want = _outputs(tmp_path / "ref")
         for i, kw in enumerate([dict(workers=2), dict(workers=3), dict(workers=2, executor="threads")]):
             m = rs.reshard(pool, sub, tmp_path / f"t{i}", shard_size=4, **kw)
             assert m.counts == ref.counts and _outputs(tmp_path / f"t{i}") == want
         # the buffered (user-space) pack path, used for blurring, writes the same bytes
-        python_only.setattr(rs, "_pack_ranges", lambda out_tar, segs, tables, order:
-                            rs._pack_buffered(out_tar, segs, tables, order, {}, {})[0])
+        python_only.setattr(rpack, "_pack_ranges", lambda out_tar, segs, tables, order:
+                            rpack._pack_buffered(out_tar, segs, tables, order, {}, {})[0])
         rs.reshard(pool, sub, tmp_path / "buf", shard_size=4, workers=2)
         assert _outputs(tmp_path / "buf") == want
     # the compiled kernels (a run of KERNEL_MIN samples or more), in threads and in worker processes
@@ -260,7 +266,7 @@ def _kernels():
     """The compiled kernels; skip where numba is not installed, fail where they do not load."""
     if importlib.util.find_spec("numba") is None:
         pytest.skip("numba is not installed")
-    k = rs._kernels()
+    k = rcompiled.KERNELS.get()
     assert k is not None, "numba is installed but the reshard kernels do not load"
     return k
 
@@ -281,7 +287,7 @@ def test_compiled_uid_parse_never_disagrees_with_python():
         out = np.zeros(32, np.uint8)
         if k._flat_uid(np.frombuffer(raw, np.uint8), 0, len(raw), out):
             answered += 1
-            assert out.tobytes().decode() == rs._uid_from_json(raw).lower(), raw
+            assert out.tobytes().decode() == rscan._uid_from_json(raw).lower(), raw
     assert answered >= 5
 
 
@@ -414,7 +420,7 @@ def test_compiled_scan_and_pack_match_python(tmp_path: Path, case: str):
     data, compiled = _hostile_tars()[case]
     tar = tmp_path / "00000000.tar"
     tar.write_bytes(data)
-    assert (rs._samples_compiled(tar, len(data)) is not None) == compiled
+    assert (rscan._samples_compiled(tar, len(data)) is not None) == compiled
     uids = [_uid(1000 + i) for i in range(20)] + [_uid(1000)]
     ids = tmp_path / "ids.npy"
     np.save(ids, make_subset(uids_to_pairs(uids)))
@@ -455,18 +461,18 @@ def test_compiled_layout_matches_fast_tar_writer(tmp_path: Path, monkeypatch):
         segs.append((str(tar), str(scan), 1, rs.scan_unit(str(tar), str(ids), str(scan), True)["emitted"]))
     rs.pack_unit(str(tmp_path / "py.tar"), segs, {"compiled": False})
     want = (tmp_path / "py.tar").read_bytes()
-    monkeypatch.setattr(rs, "_LAYOUT_BATCH", 700)
-    assert rs._pack_compiled(str(tmp_path / "k.tar"), segs) == sum(e - s for _, _, s, e in segs)
+    monkeypatch.setattr(rpack, "_LAYOUT_BATCH", 700)
+    assert rpack._pack_compiled(str(tmp_path / "k.tar"), segs) == sum(e - s for _, _, s, e in segs)
     assert (tmp_path / "k.tar").read_bytes() == want
     with monkeypatch.context() as m:  # copies through user space where copy_file_range is refused
         m.setattr(fasttar, "_cfr_ok", False)
-        rs._pack_compiled(str(tmp_path / "user.tar"), segs)
+        rpack._pack_compiled(str(tmp_path / "user.tar"), segs)
     assert (tmp_path / "user.tar").read_bytes() == want
     failing = type("K", (), {"lay_out": k.lay_out, "pwrite_all": staticmethod(lambda fd, mem, writes: 0)})
-    monkeypatch.setattr(rs, "_kernels", lambda: failing)
-    rs._pack_compiled(str(tmp_path / "redone.tar"), segs)
+    monkeypatch.setattr(rpack, "KERNELS", type("M", (), {"get": staticmethod(lambda: failing)}))
+    rpack._pack_compiled(str(tmp_path / "redone.tar"), segs)
     assert (tmp_path / "redone.tar").read_bytes() == want
     monkeypatch.setattr(fasttar, "_pwrite_all", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
     with pytest.raises(OSError):
-        rs._pack_compiled(str(tmp_path / "full.tar"), segs)
+        rpack._pack_compiled(str(tmp_path / "full.tar"), segs)
     assert not (tmp_path / "full.tar").exists()

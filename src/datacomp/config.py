@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -44,25 +46,104 @@ class Scale:
         return self.samples_seen // self.batch_size
 
 
-def _scale_table() -> dict[str, Any]:
-    """The scales of scales.yaml (top-level mappings with samples_seen; other keys are shared
+# What each key of a scale must hold: (kind, may be null, must be > 0). An integer is not a
+# boolean; a number is an integer or a finite float.
+_INT, _NUMBER, _STR, _BOOL, _MAP = "an integer", "a number", "a string", "true or false", "a mapping"
+SCALE_KEYS: dict[str, tuple[str, bool, bool]] = {  # key -> (kind, nullable, positive)
+    "pool_size": (_INT, True, True),
+    "samples_seen": (_INT, False, True),
+    "model": (_STR, False, False),
+    "batch_size": (_INT, False, True),
+    "lr": (_NUMBER, False, True),
+    "warmup": (_INT, False, False),
+    "beta2": (_NUMBER, True, True),
+    "num_checkpoints": (_INT, False, True),
+    "precision": (_STR, False, False),
+    "embedded": (_BOOL, False, False),
+    "world": (_MAP, False, False),
+    "teachers": (_MAP, False, False),
+}
+# the embedded world's sizes (``world:``) and each teacher's training (``teachers: {b32: ...}``)
+WORLD_KEYS = {k: (_INT, False, True) for k in ("concepts", "shard_size", "curated_size", "eval_size", "retrieval_size")}
+TEACHER_KEYS: dict[str, tuple[str, bool, bool]] = {
+    **{k: SCALE_KEYS[k] for k in ("model", "samples_seen", "batch_size", "lr", "warmup")},
+    "score_scale": ("a list", True, False),
+}
+_OPTIONAL = {"embedded", "world", "teachers", "score_scale"}
+
+
+def _kind_ok(value: Any, kind: str) -> bool:
+    if kind == _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == _NUMBER:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, {_STR: str, _BOOL: bool, _MAP: dict, "a list": list}[kind])
+
+
+def _check_keys(raw: Any, schema: dict[str, tuple[str, bool, bool]], where: str) -> None:
+    """ConfigError (``where``: file and entry) naming the first unknown, missing or mistyped key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(schema))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(schema)})")
+    for key, (kind, nullable, positive) in schema.items():
+        if key not in raw:
+            if key in _OPTIONAL:
+                continue
+            raise ConfigError(f"{where}: missing key '{key}' ({kind})")
+        value = raw[key]
+        if value is None and nullable:
+            continue
+        if not _kind_ok(value, kind) or (positive and value <= 0):
+            what = f"a positive {kind.split(' ', 1)[1]}" if positive else kind
+            raise ConfigError(f"{where}: key '{key}' must be {what}{' or null' if nullable else ''}, got {value!r}")
+
+
+def scales_path() -> Path:
+    return resource_path("scales.yaml")
+
+
+def _read_scales(path: Path) -> dict[str, Any]:
+    """The scales of a scales file (top-level mappings with samples_seen; other keys are shared
     definitions such as ``score_scales``)."""
-    return {k: v for k, v in _load_yaml("scales.yaml").items() if isinstance(v, dict) and "samples_seen" in v}
+    if path == scales_path():
+        raw = _load_yaml("scales.yaml")
+    else:
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a scales file must be a mapping of scale names")
+    return {k: v for k, v in raw.items() if isinstance(v, dict) and "samples_seen" in v}
+
+
+def _scale_table() -> dict[str, Any]:
+    return _read_scales(scales_path())
 
 
 def scale_names() -> list[str]:
     return list(_scale_table())
 
 
-def load_scale(name: str) -> Scale:
-    table = _scale_table()
+def load_scale(name: str, path: str | os.PathLike | None = None) -> Scale:
+    """The scale ``name`` of ``scales.yaml`` (or of the scales file ``path``), every key checked:
+    an unknown, missing or mistyped key is a ConfigError naming the key and the file."""
+    file = Path(path) if path is not None else scales_path()
+    table = _read_scales(file) if path is not None else _scale_table()
     if name not in table:
         raise ConfigError(f"unknown scale '{name}' (known: {', '.join(table)})")
     d = dict(table[name])
-    try:
-        return Scale(name=name, **d)
-    except TypeError as e:
-        raise ConfigError(f"scales.yaml: scale '{name}' has a bad field: {e}") from None
+    where = f"{file}: scale '{name}'"
+    _check_keys(d, SCALE_KEYS, where)
+    if "world" in d:
+        _check_keys(d["world"], WORLD_KEYS, f"{where}: world")
+    for key, teacher in (d.get("teachers") or {}).items():
+        _check_keys(teacher, TEACHER_KEYS, f"{where}: teachers: {key}")
+    if d.get("embedded") and "world" not in d:
+        raise ConfigError(f"{where}: an embedded scale needs 'world' (its sizes: {', '.join(WORLD_KEYS)})")
+    return Scale(name=name, **d)
 
 
 def model_config_path(model: str) -> Path | None:

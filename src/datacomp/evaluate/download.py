@@ -23,6 +23,7 @@ from typing import Any, Iterable
 from ..errors import DatacompError, InputError
 from .evalsets import CLASSNAMES, TEMPLATES, open_evalset
 from .registry import Task, get_task, load_tasks
+from .sources import source_of
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,7 @@ def download_evalsets(
     done, report = [], []
     for t in selected:
         try:
-            if t.source == "nlphuji":
-                _download_nlphuji(hub, t, dest, token)
-            else:
-                _download_wds(hub, t, dest, token)
+            _DOWNLOADERS[source_of(t).name](hub, t, dest, token)
         except DatacompError:
             raise
         except Exception as e:  # noqa: BLE001 - network / hub errors: one line naming the task
@@ -102,3 +100,7 @@ def _download_wds(hub, t: Task, dest: Path, token: str | None) -> None:
 def _download_nlphuji(hub, t: Task, dest: Path, token: str | None) -> None:
     hub.snapshot_download(repo_id=t.repo, repo_type="dataset", revision="refs/convert/parquet",
                           local_dir=str(dest / t.dirname), allow_patterns=["*.parquet", "**/*.parquet"], token=token)
+
+
+# how each eval-set source (``sources.SOURCES``) is fetched from the Hugging Face Hub
+_DOWNLOADERS = {"wds": _download_wds, "nlphuji": _download_nlphuji}

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, InputError
-from .evalsets import EvalSample, EvalSet, WinoExample
+from .dataset import EvalSample, EvalSet, WinoExample
 from .registry import Task
+from .tasktypes import task_type
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,8 @@ def open_nlphuji(root: Path, task: Task) -> EvalSet:
     kind, files = data_files(root)
     if not files:
         raise InputError(f"task {task.key}: {root} holds no test parquet / arrow files of {task.hf_repo}")
-    want = ["image", "caption"] if task.type == "retrieval" else ["candidate_images", "cue", "candidates", "associations"]
+    retrieval = task_type(task).carries == "captions"  # else WinoGAViL's candidate sets
+    want = ["image", "caption"] if retrieval else ["candidate_images", "cue", "candidates", "associations"]
     text_cols = want[1:]
     samples: list[EvalSample] = []
     examples: list[WinoExample] = []
@@ -111,7 +113,7 @@ def open_nlphuji(root: Path, task: Task) -> EvalSet:
         n = len(table[text_cols[0]])
         for row in range(n):
             key = f"{path.stem}/{row}"
-            if task.type == "retrieval":
+            if retrieval:
                 caps = table["caption"][row]
                 caps = [caps] if isinstance(caps, str) else list(caps or [])
                 caps = [c.strip() for c in caps if c and c.strip()]

@@ -13,8 +13,8 @@ import yaml
 
 from ..config import resource_path
 from ..errors import ConfigError
+from .tasktypes import TASK_TYPES
 
-TASK_TYPES = ("zeroshot_classification", "retrieval", "winogavil", "fairness")
 # how a classification task's extra metrics are computed (null = acc1 / acc5 / mean per-class recall only)
 EVALUATORS = (None, "group", "wilds_iwildcam", "wilds_fmow", "fairface")
 SUITES = ("datacomp", "synth")

@@ -14,24 +14,14 @@ from ..formats.results import RESULTS_NAME, append_result, latest_by_key, read_r
 from .evalsets import EvalSet, check_evalsets, open_evalset, present_tasks
 from .model import ModelLoader, default_loader, load_run_model
 from .registry import Task, get_task, registry_version
-from .zeroshot import auto_batch_size, fairness_classification, winogavil, zeroshot_classification, zeroshot_retrieval
+from .tasktypes import TASK_TYPES
+from .zeroshot import auto_batch_size
 
 log = logging.getLogger(__name__)
 
-# main metrics each task type computes here (the others raise before the model is loaded)
-SUPPORTED_METRICS = {
-    "zeroshot_classification": {"acc1", "acc5", "mean_per_class_recall", "F1-macro_all", "acc_wg",
-                                "acc_top5_wg", "acc_worst_region", "acc_worst_year"},
-    "retrieval": {"mean_recall@1"},
-    "winogavil": {"jaccard_score_10-12", "avg_jaccard_score"},
-    "fairness": set(),
-}
-RUNNERS = {
-    "zeroshot_classification": zeroshot_classification,
-    "retrieval": zeroshot_retrieval,
-    "winogavil": winogavil,
-    "fairness": fairness_classification,
-}
+# main metrics each task type computes and the function that evaluates it (``tasktypes.TASK_TYPES``)
+SUPPORTED_METRICS = {name: set(t.metrics) for name, t in TASK_TYPES.items()}
+RUNNERS = {name: t.run for name, t in TASK_TYPES.items()}
 
 
 def _supported(task: Task) -> bool:

@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 import numpy as np
 
 from ..executors.children import die_with_parent
-from .evalsets import EvalSet, ImageDataset, collate_images
+from .dataset import EvalSet
+from .images import ImageDataset, collate_images
 from .metrics import (
     FAIRNESS_OBJECTIVES,
     classification_metrics,
@@ -26,6 +27,7 @@ from .metrics import (
     winogavil_prompt,
     worst_group_accuracy,
 )
+from .tasktypes import evaluates
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +168,7 @@ def encode_images(
     return torch.cat(idx_all), torch.cat(feats), failed
 
 
+@evaluates("zeroshot_classification")
 @torch.no_grad()
 def zeroshot_classification(
     model, preprocess, tokenizer, evalset: EvalSet, batch_size: int = 256, workers: int = 2
@@ -189,6 +192,7 @@ def zeroshot_classification(
     return metrics, {"indices": idx, "logits": logits.cpu(), "labels": labels}
 
 
+@evaluates("retrieval")
 @torch.no_grad()
 def zeroshot_retrieval(
     model, preprocess, tokenizer, evalset: EvalSet, batch_size: int = 256, workers: int = 2
@@ -211,6 +215,7 @@ def zeroshot_retrieval(
     return metrics, {"scores": scores, "text_to_image": t2i}
 
 
+@evaluates("fairness")
 @torch.no_grad()
 def fairness_classification(
     model, preprocess, tokenizer, evalset: EvalSet, batch_size: int = 256, workers: int = 2
@@ -227,6 +232,7 @@ def fairness_classification(
     return metrics, {"indices": idx, "preds": preds}
 
 
+@evaluates("winogavil")
 @torch.no_grad()
 def winogavil(
     model, preprocess, tokenizer, evalset: EvalSet, batch_size: int = 256, workers: int = 2

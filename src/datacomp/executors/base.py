@@ -10,22 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError
 from ..formats.manifest import mark_done, read_marker
 from ..progress import progress
+from .unit import Unit
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Unit:
-    name: str  # unique, file-name safe (e.g. a shard's basename)
-    args: tuple = field(default_factory=tuple)
-    weight: int = 1  # items in the unit, for the progress rate (rows, samples)
 
 
 def run_units(

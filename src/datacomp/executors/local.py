@@ -6,7 +6,7 @@ import multiprocessing as mp
 from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterator
 
-from .base import Unit
+from .unit import Unit
 
 
 def _drain(pool: Executor, fn: Callable[..., dict[str, Any]], units: list[Unit]) -> Iterator[tuple[Unit, dict[str, Any]]]:

@@ -16,7 +16,7 @@ import os
 from typing import Any, Callable, Iterator
 
 from ..errors import ConfigError
-from .base import Unit
+from .unit import Unit
 
 log = logging.getLogger(__name__)
 

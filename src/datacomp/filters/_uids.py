@@ -12,7 +12,7 @@
   are equal bytes, so the output is byte-identical to the reference's sort.
 
 Every compiled kernel has a NumPy fallback (same results), used where numba is not importable
-and, by default, in processes that have not loaded numba yet (see ``_compiled``).
+and, by default, in processes that have not loaded numba yet (``datacomp.kernels``).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from ..formats.pool import one_array
 from ..formats.uids import SUBSET_DTYPE, uids_to_pairs
+from ..kernels import KernelModule
 
 # hex digit values; 0x10 marks a byte that is not a hex digit (bytes.fromhex takes both cases)
 _HEX = np.full(256, 0x10, dtype=np.uint8)
@@ -35,38 +36,20 @@ for _i, _c in enumerate(b"ABCDEF"):
     _HEX[_c] = 10 + _i
 
 
-def _compile():
-    try:  # the kernels live in their own module so that numba can cache them on disk
-        from . import _uids_kernels as k
-    except Exception:  # numba missing or incompatible with this NumPy
-        return None
-    return k
-
-
-_KERNELS: tuple | None = None
-_COMPILED = False
-
-
-def _kernels():
-    global _KERNELS, _COMPILED
-    if not _COMPILED:
-        _KERNELS = _compile()
-        _COMPILED = True
-    return _KERNELS
+# the kernels live in their own module so that numba can cache them on disk
+KERNELS = KernelModule(__package__ + "._uids_kernels")
 
 
 def _as_u64x2(arr: np.ndarray) -> np.ndarray:
     return arr.view(np.uint64).reshape(-1, 2)
 
 
-def _compiled(compiled: bool | None) -> bool:
-    """``compiled=None``: use the numba kernels only once numba is loaded in this process.
-    Importing numba and loading the cached kernels costs ~0.4 s per process, and the kernels save
-    ~3.5 ms per 125k uids (the decode: 0.13 instead of 3.4 ms), so below ~15M rows per worker a
-    worker that runs no text op (no_filter, CLIP-score recipes) stays on NumPy, and so does
-    run_filter's own process (its merge of 1M rows takes ~10 ms either way); run_filter passes
-    True for bigger pools (``engine.KERNEL_MIN_ROWS``)."""
-    return ("numba" in sys.modules) if compiled is None else compiled
+# ``compiled`` (``kernels.wanted``): None = the numba kernels only once numba is loaded in this
+# process. Importing numba and loading the cached kernels costs ~0.4 s per process, and the
+# kernels save ~3.5 ms per 125k uids (the decode: 0.13 instead of 3.4 ms), so below ~15M rows per
+# worker a worker that runs no text op (no_filter, CLIP-score recipes) stays on NumPy, and so does
+# run_filter's own process (its merge of 1M rows takes ~10 ms either way); run_filter passes True
+# for bigger pools (``engine.KERNEL_MIN_ROWS``).
 
 
 def uid_pairs(uids: pa.Array, compiled: bool | None = None, scratch: bool = False) -> np.ndarray:
@@ -77,7 +60,7 @@ def uid_pairs(uids: pa.Array, compiled: bool | None = None, scratch: bool = Fals
     a worker's per-shard work then touches no fresh memory)."""
     uids = one_array(uids)
     n = len(uids)
-    k = _kernels() if _compiled(compiled) else None
+    k = KERNELS.use(compiled)
     if pa.types.is_string(uids.type) and n and not uids.null_count:
         bufs = uids.buffers()
         off = np.frombuffer(bufs[1], dtype=np.int32, count=n + 1, offset=uids.offset * 4)
@@ -204,7 +187,7 @@ def write_part(pairs: np.ndarray, keep_rows: np.ndarray | None, path: str | os.P
     from ..formats.atomic import atomic_path
 
     n = len(pairs)
-    k = _kernels() if _compiled(compiled) else None
+    k = KERNELS.use(compiled)
     pairs = np.ascontiguousarray(pairs, dtype=SUBSET_DTYPE)
     every = keep_rows is None or bool(keep_rows.all())
     if k is not None:
@@ -272,7 +255,7 @@ def merge_parts(paths: Sequence[str | os.PathLike], out: str | os.PathLike, grou
     maps = [_map_part(p) for p in paths]
     sizes = [len(m) for m in maps]
     n = sum(sizes)
-    k = _kernels() if _compiled(compiled) else None
+    k = KERNELS.use(compiled)
     by_byte = np.zeros((len(maps), 257), dtype=np.int64)
     for i, m in enumerate(maps):
         g = groups[i] if groups is not None else None

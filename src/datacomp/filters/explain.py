@@ -22,7 +22,9 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError
-from .engine import ShardColumns, _shard_ops, eval_rule, pool_parquets
+from .columns import ShardColumns
+from .engine import _shard_ops, pool_parquets
+from .rules import eval_rule
 from .recipe import Recipe, Rule, load_recipe
 from .registry import OpEnv
 

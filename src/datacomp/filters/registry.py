@@ -18,13 +18,22 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import pyarrow as pa
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .engine import ShardColumns
+
+class Columns(Protocol):
+    """What a global op's ``map`` reads a shard through (the engine's ``columns.ShardColumns``, or
+    any object with these members: a test's hand-made columns)."""
+
+    parquet: Path  # the shard (an op may read files beside it, such as its npz)
+    num_rows: int
+
+    def get(self, name: str) -> pa.Array: ...
+
+    def numpy(self, name: str) -> np.ndarray: ...
 
 
 class OpParamError(ValueError):
@@ -152,7 +161,7 @@ class GlobalOp(Op):
         """Values saved by an earlier run with the same inputs (skips the pool pass), else None."""
         return None
 
-    def map(self, store: "ShardColumns", mask: np.ndarray | None) -> np.ndarray:
+    def map(self, store: Columns, mask: np.ndarray | None) -> np.ndarray:
         """Per-shard partial result. ``mask`` (bool per row) comes from the step's ``where`` rules."""
         raise NotImplementedError
 

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from ..errors import FormatError, InputError
 from .atomic import atomic_path, write_json
+from .tar import TarSamples, member_order
 
 SHARD_FORMAT = "{:08d}.tar"
 STATS_FORMAT = "{:08d}_stats.json"
@@ -83,7 +84,7 @@ class ShardWriter:
         """Add a sample. ``record`` is the img2dataset row for the shard parquet (defaults to the json)."""
         if "/" in key or key.startswith(".") or not key:
             raise ValueError(f"invalid sample key {key!r}")
-        for ext in sorted(files, key=_ext_order):
+        for ext in sorted(files, key=member_order):
             data = files[ext]
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size = len(data)
@@ -123,47 +124,11 @@ class ShardWriter:
             })
 
 
-def _ext_order(ext: str) -> tuple[int, str]:
-    return ({"jpg": 0, "txt": 1, "json": 2}.get(ext, 3), ext)
-
-
-def _safe_member(name: str, tar_path: Path) -> None:
-    if name.startswith("/") or name.startswith("\\") or ".." in Path(name).parts:
-        raise FormatError(f"{tar_path}: tar member {name!r} tries to escape its directory")
-
-
 def iter_samples(tar_path: str | os.PathLike) -> Iterator[Sample]:
-    """Yield samples (grouped consecutive members with the same key) from one tar."""
-    tar_path = Path(tar_path)
-    if not tar_path.is_file():
-        raise InputError(f"{tar_path}: shard does not exist")
-    try:
-        tf = tarfile.open(tar_path, "r|")
-    except tarfile.TarError as e:
-        raise FormatError(f"{tar_path}: not a tar file: {e}") from None
-    current: Sample | None = None
-    try:
-        for member in tf:
-            if not member.isfile():
-                continue
-            _safe_member(member.name, tar_path)
-            base = member.name.rsplit("/", 1)[-1]
-            if "." not in base:
-                continue
-            key, ext = base.split(".", 1)
-            f = tf.extractfile(member)
-            data = f.read() if f is not None else b""
-            if current is None or current.key != key:
-                if current is not None:
-                    yield current
-                current = Sample(key, {})
-            current.files[ext.lower()] = data
-    except tarfile.TarError as e:
-        raise FormatError(f"{tar_path}: corrupt tar: {e}") from None
-    finally:
-        tf.close()
-    if current is not None:
-        yield current
+    """Yield samples (grouped consecutive members with the same key) from one tar; a damaged tar
+    or an unsafe member name is a FormatError naming it (``formats.tar.TarSamples``)."""
+    for key, files in TarSamples(tar_path, on_damage="raise"):
+        yield Sample(key, files)
 
 
 def list_shards(directory: str | os.PathLike) -> list[Path]:

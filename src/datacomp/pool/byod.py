@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import tarfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,6 +41,7 @@ from ..formats.guard import check_apart, damaged_file, tree_records
 from ..formats.manifest import Manifest, read_manifest, write_manifest
 from ..formats.pool import POOL_COLUMNS, POOL_SCHEMA, write_metadata
 from ..formats.shards import IMAGE_EXTS, ShardWriter, check_losses, list_shards, losses_record, sample_key
+from ..formats.tar import LINK, TarSamples
 
 log = logging.getLogger(__name__)
 
@@ -179,41 +179,11 @@ def _pool_table(uids, urls, texts, widths=None, heights=None, sha=None) -> pa.Ta
 
 # ---- existing webdataset shards -> pool -------------------------------------------------------------
 
-LINK = "\0link"  # the files key of a member that is a hard or symbolic link: the sample is unsafe, skipped
-
-
 def _read_tar_samples(path: str) -> tuple[list[tuple[str, dict[str, bytes]]], str | None]:
-    """Samples of one tar (grouped by key), refusing members that escape the directory."""
-    out: list[tuple[str, dict[str, bytes]]] = []
-    error = None
-    try:
-        with tarfile.open(path, "r|*") as tf:
-            cur_key, cur = None, {}
-            for m in tf:
-                link = m.islnk() or m.issym()
-                if not (m.isfile() or link):
-                    continue
-                name = m.name
-                if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
-                    raise FormatError(f"{path}: tar member {name!r} tries to escape its directory")
-                base = name.rsplit("/", 1)[-1]
-                if "." not in base:
-                    continue
-                key, ext = base.split(".", 1)
-                f = None if link else tf.extractfile(m)
-                data = f.read() if f is not None else b""
-                if key != cur_key:
-                    if cur_key is not None:
-                        out.append((cur_key, cur))
-                    cur_key, cur = key, {}
-                cur[LINK if link else ext.lower()] = data
-            if cur_key is not None:
-                out.append((cur_key, cur))
-    except (tarfile.TarError, EOFError, OSError) as e:
-        error = f"{type(e).__name__}: {e}"  # keep the samples before the damage
-        if out:
-            out.pop()  # the sample in progress may be incomplete
-    return out, error
+    """Samples of one tar (grouped by key), refusing members that escape the directory; a damaged
+    tar keeps the samples before the damage (``formats.tar.TarSamples``); links are marked."""
+    reader = TarSamples(path, on_damage="keep", links=True, stream_mode="r|*")
+    return list(reader), reader.error
 
 
 def _image(files: dict[str, bytes]) -> tuple[str, bytes] | None:

@@ -102,7 +102,7 @@ def thumbnails(pool: Path, uids: set[str], out_dir: Path, rel: str) -> dict[str,
     to the page (``rel``/<uid>.png). Uids whose image is not in the shards are left out."""
     from PIL import Image
 
-    from ..reshard.resharder import tar_members
+    from ..formats.ustar import tar_members
 
     found: dict[str, str] = {}
     for tar, keys in _shard_keys(pool, uids).items():

@@ -50,6 +50,13 @@ visibly broken (a JPEG without its end marker, a PNG without IEND, an empty imag
 Options: ``shuffle_bufsize`` shuffles the emitted sequence within consecutive windows (seeded,
 deterministic); ``apply_blur`` blurs ``face_bboxes`` from ``POOL/metadata`` with the reference
 algorithm (``datacomp.pool.blur``) and re-encodes those images as WebP (quality 100).
+
+Modules: ``resharder`` (the stage driver), ``scan`` (pass 1), ``pack`` (pass 2), ``plan`` (what
+goes where, the pipelined release of pack units, the accounting), ``compiled`` (the kernel
+decision, ``KERNEL_MIN``) and ``_tar_kernels`` (the kernels), ``keys`` (uid keys), ``arrow``
+(Arrow <-> NumPy through the buffers), ``fasttar`` (the writers). The header walk is
+``formats.ustar``, the member rules ``formats.tar``; the passes run through ``executors``
+(``run_units``, and ``run_pipelined`` for the overlap).
 """
 from __future__ import annotations
 

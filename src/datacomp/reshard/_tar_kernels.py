@@ -91,7 +91,7 @@ def _is_space(c):  # pragma: no cover - compiled
 
 @njit(cache=True)
 def _flat_uid(raw, lo, n, out):  # pragma: no cover - compiled
-    """resharder._uid_from_json's fast path on ``raw[lo:lo+n]``: True, with the lower-case uid in
+    """scan._uid_from_json's fast path on ``raw[lo:lo+n]``: True, with the lower-case uid in
     ``out``, when the json has one ``{`` and one ``"uid"`` (counted overlapping, so never fewer
     than ``bytes.count`` finds) followed by ``\\s*:\\s*"``, 32 hex digits and ``"``; False
     otherwise (the caller then asks ``json.loads``)."""
@@ -160,7 +160,7 @@ def _is_image_ext(ext, lo, hi):  # pragma: no cover - compiled
 
 @njit(cache=True)
 def _image_ok(head, h0, tail, t0, n, size):  # pragma: no cover - compiled
-    """resharder._images_look_whole for one member: ``head[h0:h0+n]`` / ``tail[t0:t0+n]`` are
+    """scan._images_look_whole for one member: ``head[h0:h0+n]`` / ``tail[t0:t0+n]`` are
     its first / last ``n = min(size, edge)`` bytes."""
     if size == 0:
         return False
@@ -182,7 +182,7 @@ def _image_ok(head, h0, tail, t0, n, size):  # pragma: no cover - compiled
 
 @njit(cache=True)
 def _name_safe(buf, lo, n):  # pragma: no cover - compiled
-    """resharder._safe_name on the ASCII name ``buf[lo:lo+n]``."""
+    """formats.tar.safe_member_name on the ASCII name ``buf[lo:lo+n]``."""
     seps = False
     for i in range(lo, lo + n):
         seps = seps or buf[i] == 47 or buf[i] == 92
@@ -201,7 +201,7 @@ def _name_safe(buf, lo, n):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def walk(fd, file_size, window, small_max, edge):  # pragma: no cover - compiled
-    """resharder's header walk and sample grouping (``_read_headers_fast`` + ``scan_unit``) over
+    """the resharder's header walk and sample grouping (``formats.ustar.read_headers_fast`` + ``scan.scan_unit``) over
     an input tar, reading windows exactly as ``_read_headers_fast`` does.
 
     Returns (code, end of the members, unsafe members, samples, members). ``code`` is 0 for a
@@ -268,7 +268,7 @@ def walk(fd, file_size, window, small_max, edge):  # pragma: no cover - compiled
         for k in range(h + 148, h + 156):
             expect += buf[k]
         if not (0 <= expect <= 512 * 255 and (expect + 1) % 65521 == (total + 1) % 65521):
-            break  # resharder._header_sum_ok fails
+            break  # formats.ustar.header_sum_ok fails
         flag = buf[h + 156]
         if flag == 120 or flag == 103 or flag == 76 or flag == 75:  # x g L K
             break
@@ -403,7 +403,7 @@ def _samples(fd, n_s, s_m0, s_bad, s_json, m_off, m_size, m_ext, ext_b, m_small,
 
 @njit(cache=True)
 def _rank(ext_b, lo, hi):  # pragma: no cover - compiled
-    """fasttar.ext_order's rank: jpg, txt, json, then the rest."""
+    """formats.tar.member_order's rank: jpg, txt, json, then the rest."""
     n = hi - lo
     if n == 3 and ext_b[lo] == 106 and ext_b[lo + 1] == 112 and ext_b[lo + 2] == 103:
         return 0

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Iterable
 
 from ..formats.atomic import atomic_path
+from ..formats.tar import member_order
 
 BLOCK = 512
 RECORD = 20 * BLOCK
-_EXT_RANK = {"jpg": 0, "txt": 1, "json": 2}
 _ZEROS = bytes(RECORD)
 
 _TEMPLATE = bytearray(BLOCK)
@@ -102,11 +102,6 @@ def _copy_range(r: Range, out_fd: int, out_off: int | None = None) -> None:
         left -= len(buf)
 
 
-def ext_order(ext: str) -> tuple[int, str]:
-    """ShardWriter's member order within a sample: jpg, txt, json, then the rest by name."""
-    return (_EXT_RANK.get(ext, 3), ext)
-
-
 def ustar_header(name: str, size: int) -> bytes:
     raw = name.encode("ascii", "strict") if name.isascii() else b""
     if not raw or len(raw) > 100 or size >= 8**11:
@@ -135,8 +130,8 @@ def _header(raw: bytes, raw_sum: int, size: int) -> bytes:
 
 
 def _member_order(m: tuple) -> tuple[int, str]:
-    ext = m[0]
-    return (_EXT_RANK.get(ext, 3), ext)
+    """ShardWriter's member order within a sample (``formats.tar.member_order``)."""
+    return member_order(m[0])
 
 
 class _AtomicTar:

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...formats.pool import one_array
+from ...kernels import KernelModule
 
 # the code points for which str.isspace() is true (tests check this against Python itself)
 PY_WS = [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20, 0x85, 0xA0, 0x1680,
@@ -158,22 +159,9 @@ _KERNEL_MULTI = sorted([b"\xc2\x85", b"\xc2\xa0", b"\xe1\x9a\x80", b"\xe2\x81\x9
 assert _KERNEL_MULTI == sorted(_PY_WS_MULTI), "Python's whitespace set changed: update the kernel"
 
 
-def _compile():
-    try:  # the kernels live in their own module so that numba can cache them on disk
-        from . import _text_kernels as k
-    except Exception:  # numba missing or incompatible with this NumPy: NumPy passes instead
-        return None, None
-    return k.py_words, k.ft_tokens
-
-
-_KERNELS: tuple | None = None
-
-
-def _kernels():
-    global _KERNELS
-    if _KERNELS is None:
-        _KERNELS = _compile()
-    return _KERNELS
+# the kernels live in their own module so that numba can cache them on disk; text ops always
+# use them where they load (``compiled=True``): any caption column is big enough to pay the load
+KERNELS = KernelModule(__package__ + "._text_kernels")
 
 
 def py_word_count(text: pa.Array, compiled: bool = True) -> np.ndarray:
@@ -183,7 +171,8 @@ def py_word_count(text: pa.Array, compiled: bool = True) -> np.ndarray:
 
 def words_and_chars(text: pa.Array, compiled: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(``len(t.split())``, ``len(t)``) per row, in one pass over the bytes."""
-    kernel = _kernels()[0] if compiled else None
+    k = KERNELS.use(compiled)
+    kernel = k.py_words if k is not None else None
     if kernel is None:
         data, offsets = _bytes(text)
         return _np_py_word_count(data, offsets), char_count(text)
@@ -195,7 +184,8 @@ def words_and_chars(text: pa.Array, compiled: bool = True) -> tuple[np.ndarray, 
 
 def fasttext_token_count(text: pa.Array, compiled: bool = True) -> np.ndarray:
     """``len(fasttext.tokenize(t))`` per row."""
-    kernel = _kernels()[1] if compiled else None
+    k = KERNELS.use(compiled)
+    kernel = k.ft_tokens if k is not None else None
     if kernel is None:
         return _np_fasttext_token_count(*_bytes(text))
     base, offsets = _buffer(text)

@@ -25,8 +25,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from ...evaluate.registry import Task, get_task
 from ...formats.atomic import write_json, write_text
 from ...formats.shards import ShardWriter
 from .captions import count_object_phrase, english_variants, position_phrase
@@ -64,55 +65,6 @@ def longtail_label(idx: int, n_classes: int) -> int:
     return n_classes - 1
 
 
-@dataclass(frozen=True)
-class Task:
-    key: str
-    kind: str       # classification | retrieval
-    style: str      # render style
-    size_field: str  # world config field giving the number of test images
-
-    @property
-    def dirname(self) -> str:
-        return self.key.replace("/", "-")
-
-
-TASKS: tuple[Task, ...] = (
-    Task("synth/concepts", "classification", "normal", "eval_size"),
-    Task("synth/concepts_style", "classification", "style", "eval_size"),
-    Task("synth/concepts_clutter", "classification", "clutter", "eval_size"),
-    Task("synth/count", "classification", "normal", "eval_size"),
-    Task("synth/position", "classification", "normal", "eval_size"),
-    Task("synth/size", "classification", "normal", "eval_size"),
-    Task("synth/concepts_groups", "classification", "normal", "eval_size"),
-    Task("synth/concepts_longtail", "classification", "normal", "eval_size"),
-    Task("synth/retrieval", "retrieval", "normal", "retrieval_size"),
-)
-TASK_BY_KEY = {t.key: t for t in TASKS}
-
-
-def task_sizes(world_cfg: dict[str, Any]) -> tuple[tuple[str, int], ...]:
-    return tuple((t.key, int(world_cfg[t.size_field])) for t in TASKS)
-
-
-def classnames(task: Task, world: World) -> list[str] | None:
-    if task.key.startswith("synth/concepts"):
-        return world.task_names
-    if task.key == "synth/count":
-        return [count_object_phrase(c) for c in COUNT_CLASSES]
-    if task.key == "synth/position":
-        return [position_phrase(world, p) for p in POSITION_CLASSES]
-    if task.key == "synth/size":
-        return [world.language["sizes"][s] for s in SIZE_CLASSES]
-    return None
-
-
-def templates(task: Task) -> list[str] | None:
-    if task.key.startswith("synth/concepts"):
-        return CONCEPT_TEMPLATES
-    return {"synth/count": COUNT_TEMPLATES, "synth/position": POSITION_TEMPLATES,
-            "synth/size": SIZE_TEMPLATES}.get(task.key)
-
-
 @dataclass
 class EvalItem:
     key: str
@@ -123,36 +75,112 @@ class EvalItem:
     metadata: dict[str, int] | None = None
 
 
+# A draw: (rng, idx, world, noise) -> (scene, label, captions, metadata) of test item idx
+Draw = Callable[[Any, int, World, dict[str, Any]], tuple[Scene, "int | None", "list[str] | None", "dict[str, int] | None"]]
+
+
+def _concepts(rng, idx: int, world: World, noise: dict[str, Any]):
+    label = idx % len(world.task_ids)
+    return sample_scene(rng, world, noise, concept=world.task_ids[label]), label, None, None
+
+
+def _longtail(rng, idx: int, world: World, noise: dict[str, Any]):
+    label = longtail_label(idx, len(world.task_ids))
+    return sample_scene(rng, world, noise, concept=world.task_ids[label]), label, None, None
+
+
+def _groups(rng, idx: int, world: World, noise: dict[str, Any]):
+    label = idx % len(world.task_ids)
+    group = (idx // len(world.task_ids)) % len(BACKGROUND_GROUPS)
+    scene = sample_scene(rng, world, noise, concept=world.task_ids[label], background=BACKGROUND_GROUPS[group])
+    return scene, label, None, {"background": group}
+
+
+def _attribute(name: str, classes: list) -> Draw:
+    """Classify one scene attribute (count, position, size): class ``idx % len(classes)``."""
+    def draw(rng, idx: int, world: World, noise: dict[str, Any]):
+        label = idx % len(classes)
+        return sample_scene(rng, world, noise, **{name: classes[label]}), label, None, None
+    return draw
+
+
+def _retrieval(rng, idx: int, world: World, noise: dict[str, Any]):
+    scene = sample_scene(rng, world, noise)
+    return scene, None, english_variants(scene, world, rng, 2 + rng.randrange(4)), None
+
+
+def _concept_names(world: World) -> list[str]:
+    return world.task_names
+
+
+@dataclass(frozen=True)
+class WorldTask:
+    """One task of the world's suite: the registry's task (``evaluate.registry``: key, type, main
+    metric, directory name) and how the world draws it."""
+
+    key: str
+    style: str  # render style
+    size_field: str  # world config field giving the number of test images
+    draw: Draw
+    description: str  # for EVALSETS/README.md
+    classnames: Callable[[World], list[str]] | None = None  # class texts (classification)
+    templates: tuple[str, ...] | None = None
+
+    @property
+    def task(self) -> Task:
+        return get_task(self.key)
+
+    @property
+    def kind(self) -> str:
+        """classification | retrieval (tasks.json's ``type``)."""
+        return "retrieval" if self.task.type == "retrieval" else "classification"
+
+    @property
+    def dirname(self) -> str:
+        return self.task.dirname
+
+
+_C = tuple(CONCEPT_TEMPLATES)
+TASKS: tuple[WorldTask, ...] = (
+    WorldTask("synth/concepts", "normal", "eval_size", _concepts, "concept of the object(s) (ImageNet analogue)",
+              _concept_names, _C),
+    WorldTask("synth/concepts_style", "style", "eval_size", _concepts,
+              "concept, other rendering style (desaturated, striped fill, soft edges)", _concept_names, _C),
+    WorldTask("synth/concepts_clutter", "clutter", "eval_size", _concepts,
+              "concept, grainy background with distractor strokes", _concept_names, _C),
+    WorldTask("synth/count", "normal", "eval_size", _attribute("count", COUNT_CLASSES), "number of objects",
+              lambda world: [count_object_phrase(c) for c in COUNT_CLASSES], tuple(COUNT_TEMPLATES)),
+    WorldTask("synth/position", "normal", "eval_size", _attribute("position", POSITION_CLASSES),
+              "where the object(s) are", lambda world: [position_phrase(world, p) for p in POSITION_CLASSES],
+              tuple(POSITION_TEMPLATES)),
+    WorldTask("synth/size", "normal", "eval_size", _attribute("size", SIZE_CLASSES), "small or large objects",
+              lambda world: [world.language["sizes"][s] for s in SIZE_CLASSES], tuple(SIZE_TEMPLATES)),
+    WorldTask("synth/concepts_groups", "normal", "eval_size", _groups,
+              "concept; worst accuracy over the 4 backgrounds (`.json` metadata)", _concept_names, _C),
+    WorldTask("synth/concepts_longtail", "normal", "eval_size", _longtail,
+              "concept, long-tailed class frequencies; mean per-class recall", _concept_names, _C),
+    WorldTask("synth/retrieval", "normal", "retrieval_size", _retrieval, "image-text retrieval"),
+)
+TASK_BY_KEY = {t.key: t for t in TASKS}
+
+
+def task_sizes(world_cfg: dict[str, Any]) -> tuple[tuple[str, int], ...]:
+    return tuple((t.key, int(world_cfg[t.size_field])) for t in TASKS)
+
+
+def classnames(task: WorldTask, world: World) -> list[str] | None:
+    return task.classnames(world) if task.classnames is not None else None
+
+
+def templates(task: WorldTask) -> list[str] | None:
+    return list(task.templates) if task.templates is not None else None
+
+
 def eval_item(seed: int, task_key: str, idx: int, world: World, noise: dict[str, Any]) -> EvalItem:
     """The ``idx``-th test item of a task: a pure function of (seed, task, idx)."""
     task = TASK_BY_KEY[task_key]
     rng = make_rng(seed, f"eval:{task_key}", idx)
-    label: int | None = None
-    captions = None
-    metadata = None
-    if task.key == "synth/concepts_longtail":
-        label = longtail_label(idx, len(world.task_ids))
-        scene = sample_scene(rng, world, noise, concept=world.task_ids[label])
-    elif task.key == "synth/concepts_groups":
-        label = idx % len(world.task_ids)
-        group = (idx // len(world.task_ids)) % len(BACKGROUND_GROUPS)
-        scene = sample_scene(rng, world, noise, concept=world.task_ids[label], background=BACKGROUND_GROUPS[group])
-        metadata = {"background": group}
-    elif task.key.startswith("synth/concepts"):
-        label = idx % len(world.task_ids)
-        scene = sample_scene(rng, world, noise, concept=world.task_ids[label])
-    elif task.key == "synth/count":
-        label = idx % len(COUNT_CLASSES)
-        scene = sample_scene(rng, world, noise, count=COUNT_CLASSES[label])
-    elif task.key == "synth/position":
-        label = idx % len(POSITION_CLASSES)
-        scene = sample_scene(rng, world, noise, position=POSITION_CLASSES[label])
-    elif task.key == "synth/size":
-        label = idx % len(SIZE_CLASSES)
-        scene = sample_scene(rng, world, noise, size=SIZE_CLASSES[label])
-    else:
-        scene = sample_scene(rng, world, noise)
-        captions = english_variants(scene, world, rng, 2 + rng.randrange(4))
+    scene, label, captions, metadata = task.draw(rng, idx, world, noise)
     img = render_scene(scene, world, EVAL_SIZE, EVAL_SIZE, task.style)
     return EvalItem(f"{idx:06d}", scene, encode_jpeg(img, EVAL_QUALITY), label, captions, metadata)
 
@@ -180,11 +208,9 @@ def write_task(out: str, seed: int, n_concepts: int, task_key: str, n: int, nois
             w.write(item.key, files)
             shas.append(hashlib.sha256(item.jpeg).hexdigest())
     write_text(d / "test" / "nshards.txt", "1\n")
-    from ...evaluate.registry import get_task
-
     info = {"key": task.key, "type": task.kind, "split": "test", "n": n, "style": task.style,
             "num_classes": len(names) if names is not None else None,
-            "main_metric": get_task(task.key).main_metric,
+            "main_metric": task.task.main_metric,
             "image_size": EVAL_SIZE}
     if task.kind == "retrieval":
         info["captions"] = "{key}.txt holds 2-5 English captions of {key}.jpg, one per line"
@@ -201,18 +227,10 @@ def evalsets_readme(world: World) -> str:
              "`eval_sha256.json`: sha256 of every test image per task (the pool's eval copies are tagged in",
              "`truth/`; the curated set shares none of these images).", "",
              "| task | dir | what | class texts |", "|---|---|---|---|"]
-    what = {"synth/concepts": "concept of the object(s) (ImageNet analogue)",
-            "synth/concepts_style": "concept, other rendering style (desaturated, striped fill, soft edges)",
-            "synth/concepts_clutter": "concept, grainy background with distractor strokes",
-            "synth/count": "number of objects", "synth/position": "where the object(s) are",
-            "synth/size": "small or large objects",
-            "synth/concepts_groups": "concept; worst accuracy over the 4 backgrounds (`.json` metadata)",
-            "synth/concepts_longtail": "concept, long-tailed class frequencies; mean per-class recall",
-            "synth/retrieval": "image-text retrieval"}
     for t in TASKS:
         names = classnames(t, world)
         shown = "-" if names is None else (", ".join(f"'{n}'" for n in names) if len(names) <= 4 else f"{len(names)} concept names")
-        lines.append(f"| `{t.key}` | `{t.dirname}` | {what[t.key]} | {shown} |")
+        lines.append(f"| `{t.key}` | `{t.dirname}` | {t.description} | {shown} |")
     lines += ["", "Count and position class texts are the phrases the pool's English captions use (\"two red",
               "kites on the left\", and the clause \"..., two objects on the left\" in ~30 % of them).", ""]
     return "\n".join(lines)
