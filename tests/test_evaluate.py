@@ -21,7 +21,7 @@ from datacomp.evaluate.metrics import (  # noqa: E402
     retrieval_metrics,
     topk_accuracy,
 )
-from datacomp.evaluate.model import load_run_model  # noqa: E402
+from datacomp.train import load_model  # noqa: E402
 from datacomp.evaluate.registry import registry_version  # noqa: E402
 from datacomp.evaluate.zeroshot import class_embeddings, zeroshot_retrieval  # noqa: E402
 from datacomp.formats.results import append_result, read_results  # noqa: E402
@@ -362,7 +362,7 @@ def test_zeroshot_matches_direct_computation(tmp_path):
     assert lines[0]["dataset"] == "Synth Concepts" and lines[0]["registry_version"] == registry_version()
 
     # direct computation, no DataLoader, one image at a time
-    model, preprocess, tok = load_run_model(run)
+    model, preprocess, tok = load_model(run)
     es = open_evalset(ev, "synth/concepts")
     with torch.no_grad():
         per_class = []
@@ -406,7 +406,7 @@ def test_resume_skips_done_tasks_and_repairs_torn_line(tmp_path):
 
     def loader(r):
         calls.append(r)
-        return load_run_model(r)
+        return load_model(r)
 
     first = evaluate(run, ev, out=out, tasks=["synth/concepts"], model_loader=loader, workers=0)
     assert len(first) == 1 and len(calls) == 1
@@ -439,9 +439,12 @@ def test_evaluate_errors_before_model_load(tmp_path):
     import shutil
     shutil.rmtree(ev / "wilds-fmow")
     (ev / "synth-concepts" / "test" / "1.tar").unlink()
+    with pytest.raises(InputError, match="norun: training run directory does not exist"):
+        evaluate(tmp_path / "norun", ev, model_loader=load_model)
+    (tmp_path / "norun").mkdir()
     with pytest.raises(InputError, match="norun.*open_clip_config.json"):
-        evaluate(tmp_path / "norun", ev, model_loader=load_run_model)
+        evaluate(tmp_path / "norun", ev, model_loader=load_model)
     run = make_run(tmp_path)
     (run / "checkpoints" / "epoch_latest.pt").unlink()
     with pytest.raises(InputError, match="epoch_latest.pt"):
-        evaluate(run, ev, model_loader=load_run_model)
+        evaluate(run, ev, model_loader=load_model)

@@ -465,7 +465,7 @@ def test_killed_mid_suite_then_resumed(tmp_path):
     import subprocess
     import sys
 
-    from datacomp.evaluate.model import load_run_model
+    from datacomp.train import load_model
     from datacomp.formats.results import read_results
 
     ev = tmp_path / "ev"
@@ -491,7 +491,7 @@ runner.evaluate({str(run)!r}, {str(ev)!r}, out={str(out)!r}, workers=0)
 
     def loader(path):
         seen.append(path)
-        return load_run_model(path)
+        return load_model(path)
 
     from datacomp.evaluate import runner
 
@@ -518,7 +518,7 @@ def test_registry_expresses_synth_group_tasks(tmp_path):
     """A synth task with a worst-group main metric over string metadata in the sample .json,
     and one scored by mean per-class recall, as the embedded world's generator will write them."""
     from datacomp.evaluate.registry import Task
-    from datacomp.evaluate.model import load_run_model
+    from datacomp.train import load_model
     from datacomp.evaluate.zeroshot import zeroshot_classification
 
     wg = Task(key="synth/concepts_groups", name="Synth Concepts (worst palette)", short="palette",
@@ -530,7 +530,7 @@ def test_registry_expresses_synth_group_tasks(tmp_path):
     d = make_cls_task(ev, wg.key, n_classes=5, per_shard=[9])
     add_metadata(d, [{"palette": ["warm", "cool", "grey"][i % 3]} for i in range(9)], kind="json")
     make_cls_task(ev, mpcr.key, n_classes=4, per_shard=[6])
-    model, pre, tok = load_run_model(make_run(tmp_path))
+    model, pre, tok = load_model(make_run(tmp_path))
     m, aux = zeroshot_classification(model, pre, tok, open_evalset(ev, wg), batch_size=4, workers=0)
     assert m["count_palette:0"] == m["count_palette:1"] == m["count_palette:2"] == 3
     assert m["acc_wg"] == min(m[f"acc_palette:{i}"] for i in range(3))

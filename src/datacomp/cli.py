@@ -184,13 +184,14 @@ def cmd_byod(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .train import train
+    from .train import TrainConfig, train
 
     data = [Path(p) for p in a.data.split("::")]
-    m = train(a.scale, data, Path(a.out), seed=a.seed, workers=a.workers, print_args=a.print_args,
-              resume=a.resume, gpus=a.gpus, nodes=a.nodes, accum_freq=a.accum_freq, data_weights=a.data_weights,
-              precision=a.precision, device=a.device, report_to=a.report_to, wandb_project=a.wandb_project,
-              slurm=a.slurm, sbatch_options=a.sbatch or (), max_repeats=a.max_repeats, overwrite=a.overwrite)
+    config = TrainConfig(seed=a.seed, workers=a.workers, print_args=a.print_args, resume=a.resume, gpus=a.gpus,
+                         nodes=a.nodes, accum_freq=a.accum_freq, data_weights=a.data_weights, precision=a.precision,
+                         device=a.device, report_to=a.report_to, wandb_project=a.wandb_project, slurm=a.slurm,
+                         sbatch_options=a.sbatch or (), max_repeats=a.max_repeats, overwrite=a.overwrite)
+    m = train(a.scale, data, Path(a.out), config)
     if not a.print_args and not a.slurm and m is not None:
         print(json.dumps({"run": a.out, "counts": m.counts, "timings": m.timings}, indent=2))
     return 0

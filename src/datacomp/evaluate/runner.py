@@ -12,7 +12,7 @@ import torch
 from ..errors import ConfigError, InputError
 from ..formats.results import RESULTS_NAME, append_result, latest_by_key, read_results
 from .evalsets import EvalSet, check_evalsets, open_evalset, present_tasks
-from .model import ModelLoader, default_loader, load_run_model
+from .model import ModelLoader, default_loader, load_model
 from .registry import Task, get_task, registry_version
 from .zeroshot import auto_batch_size, fairness_classification, winogavil, zeroshot_classification, zeroshot_retrieval
 
@@ -107,8 +107,8 @@ def evaluate(
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         loader = model_loader or default_loader()
         t0 = time.time()
-        if loader is load_run_model:
-            model, preprocess, tokenizer = load_run_model(run, device=str(dev))
+        if loader is load_model:
+            model, preprocess, tokenizer = load_model(run, device=str(dev))
         else:
             model, preprocess, tokenizer = loader(run)
         model = model.to(dev).eval()

@@ -20,8 +20,8 @@ A stage builds one :class:`StageOutput` from its name, its output directory and 
   made with these parameters is resumed: finished units keep their markers;
 - a finished or unfinished output made with other parameters (or by another stage), and with
   ``exclusive=True`` a directory holding files of neither kind, is refused with one
-  :class:`StageConflictError` line naming the directory and the parameters that differ, unless
-  ``overwrite``: then it is replaced. ``replace="clear"`` (the default) removes the manifest,
+  :class:`StageConflictError` line naming the directory and the parameters that differ;
+- with ``overwrite`` whatever ``DIR`` holds is replaced, finished or not, same parameters or not. ``replace="clear"`` (the default) removes the manifest,
   the markers, the pending file and the stage's ``owned`` paths before the run;
   ``replace="aside"`` is for stages that write every output beside the old one and swap it in
   (an atomic subset file, a ``replaced_dir``): the old manifest stays until ``finish`` replaces
@@ -159,37 +159,33 @@ class StageOutput:
         """The finished manifest to reuse, or None after preparing ``DIR`` for a (resumed) run."""
         existing = self.read_manifest()
         self.previous = existing
-        clear = False
-        if existing is not None:
-            same = existing.stage == self.stage and canonical(existing.params) == self.params
-            if same and not self.overwrite:
-                why = damaged_file(self.files_root, existing.extra.get("files") or {})
-                if why is None:
-                    log.info("%s: a finished '%s' output with these parameters; reusing it", self.dir, self.stage)
-                    existing.reused = True
-                    return existing
-                log.warning("%s: not reusing the finished '%s' output: %s; running the stage again",
-                            self.dir, self.stage, why)
-                clear = True
-            elif not self.overwrite:
-                self._refuse("a finished", existing.stage, existing.params)
-            else:
-                clear = True
         pending = self.read_pending()
+        foreign = self._foreign() if self.exclusive and existing is None and pending is None else []
+        if self.overwrite:
+            self.clear(keep_manifest=self.replace == "aside" and existing is not None)
+            return self._start()
+        if existing is not None:
+            if existing.stage != self.stage or canonical(existing.params) != self.params:
+                self._refuse("a finished", existing.stage, existing.params)
+            why = damaged_file(self.files_root, existing.extra.get("files") or {})
+            if why is None:
+                log.info("%s: a finished '%s' output with these parameters; reusing it", self.dir, self.stage)
+                existing.reused = True
+                return existing
+            log.warning("%s: not reusing the finished '%s' output: %s; running the stage again", self.dir, self.stage, why)
+            self.manifest_file.unlink()
+            clear_markers(self.dir)
+            return self._start()
         if pending is not None and canonical(pending) != self.params:
-            if not self.overwrite and existing is None:
-                self._refuse("an unfinished", self.stage, pending)
-            clear = True
-        if existing is None and pending is None and self.exclusive:
-            foreign = self._foreign()
-            if foreign and not self.overwrite:
-                raise StageConflictError(f"{self.dir}: holds files that are not a '{self.stage}' output "
-                                         f"(e.g. {foreign[0]}); pass --overwrite to replace them")
-            clear = clear or bool(foreign)
-        if clear:
-            self.clear(keep_manifest=self.replace == "aside" and existing is not None and self.overwrite)
-        elif pending is not None:
+            self._refuse("an unfinished", self.stage, pending)
+        if foreign:
+            raise StageConflictError(f"{self.dir}: holds files that are not a '{self.stage}' output "
+                                     f"(e.g. {foreign[0]}); pass --overwrite to replace them")
+        if pending is not None:
             log.info("%s: resuming the unfinished '%s' output", self.dir, self.stage)
+        return self._start()
+
+    def _start(self) -> None:  # the pending file goes first: a killed run is 'unfinished, these params'
         self.dir.mkdir(parents=True, exist_ok=True)
         write_json(self.pending_file, self.params)
         return None
