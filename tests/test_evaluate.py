@@ -340,7 +340,7 @@ def test_undecodable_images_skipped(tmp_path):
     ev = tmp_path / "ev"
     make_cls_task(ev, "synth/concepts", per_shard=[6], bad_images=2)
     run = make_run(tmp_path)
-    res = evaluate(run, ev, workers=0)
+    res = evaluate(run, ev, workers=0)["results"]
     assert [r["key"] for r in res] == ["synth/concepts"]
     m = res[0]["metrics"]
     assert m["n_skipped"] == 2 and m["n_samples"] == 4
@@ -355,7 +355,7 @@ def test_zeroshot_matches_direct_computation(tmp_path):
     make_cls_task(ev, "synth/concepts", n_classes=6, per_shard=[9, 7])
     make_retrieval_task(ev)
     run = make_run(tmp_path, module_prefix=True)
-    res = evaluate(run, ev, batch_size=5, workers=2)
+    res = evaluate(run, ev, batch_size=5, workers=2)["results"]
     assert [r["key"] for r in res] == ["synth/concepts", "synth/retrieval"]
     lines = read_results(run / "eval_results.jsonl")
     assert [line["key"] for line in lines] == ["synth/concepts", "synth/retrieval"]
@@ -408,17 +408,17 @@ def test_resume_skips_done_tasks_and_repairs_torn_line(tmp_path):
         calls.append(r)
         return load_model(r)
 
-    first = evaluate(run, ev, out=out, tasks=["synth/concepts"], model_loader=loader, workers=0)
+    first = evaluate(run, ev, out=out, tasks=["synth/concepts"], model_loader=loader, workers=0)["results"]
     assert len(first) == 1 and len(calls) == 1
     with open(out, "ab") as f:
         f.write(b'{"key": "synth/count", "metr')  # torn line from a crash
-    second = evaluate(run, ev, out=out, model_loader=loader, workers=0)
+    second = evaluate(run, ev, out=out, model_loader=loader, workers=0)["results"]
     assert [r["key"] for r in second] == ["synth/concepts", "synth/count"]
     assert second[0] == first[0] and len(calls) == 2
     assert second[1]["metrics"]["acc5"] is None  # 3 classes
     assert [r["key"] for r in read_results(out)] == ["synth/concepts", "synth/count"]
     # everything done: no model load at all
-    third = evaluate(run, ev, out=out, model_loader=loader, workers=0)
+    third = evaluate(run, ev, out=out, model_loader=loader, workers=0)["results"]
     assert third == second and len(calls) == 2
 
 
@@ -447,4 +447,4 @@ def test_evaluate_errors_before_model_load(tmp_path):
     run = make_run(tmp_path)
     (run / "checkpoints" / "epoch_latest.pt").unlink()
     with pytest.raises(InputError, match="epoch_latest.pt"):
-        evaluate(run, ev, model_loader=load_model)
+        evaluate(run, ev, model_loader=load_model)["results"]

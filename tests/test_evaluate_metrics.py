@@ -178,7 +178,7 @@ def test_group_tasks_end_to_end(tmp_path):
     d.rename(ev / "wds_dollar_street_test")  # the reference's folder name is found too
     add_metadata(ev / "wds_dollar_street_test", [[i % 4, 100 + i, 2] for i in range(7)])
     run = make_run(tmp_path)
-    res = {r["key"]: r["metrics"] for r in evaluate(run, ev, workers=0, batch_size=4)}
+    res = {r["key"]: r["metrics"] for r in evaluate(run, ev, workers=0, batch_size=4)["results"]}
     assert set(res) == {"fairness/geode", "wilds/fmow", "fairness/dollar_street"}
     g = res["fairness/geode"]
     assert g["main_metric"] == g["acc_wg"] and g["acc_wg"] <= g["acc_avg"] == pytest.approx(g["acc1"])
@@ -224,7 +224,7 @@ def test_fairface_end_to_end(tmp_path):
     ev = tmp_path / "ev"
     make_fairface(ev)
     run = make_run(tmp_path)
-    (row,) = evaluate(run, ev, workers=0)
+    (row,) = evaluate(run, ev, workers=0)["results"]
     m = row["metrics"]
     assert row["key"] == "fairness/fairface" and m["main_metric"] is None
     assert m["n_samples"] == 10
@@ -295,7 +295,7 @@ def test_nlphuji_layouts_end_to_end(tmp_path):
     flickr = by["retrieval/flickr_1k_test_image_text_retrieval"]
     assert flickr["size"] == 5 and flickr["captions"] == 25 and flickr["layout"] == "arrow"
     run = make_run(tmp_path)
-    res = {r["key"]: r["metrics"] for r in evaluate(run, ev, workers=0)}
+    res = {r["key"]: r["metrics"] for r in evaluate(run, ev, workers=0)["results"]}
     w = res["misc/winogavil"]
     assert w["main_metric"] == w["jaccard_score_10-12"] is not None and w["n_samples"] == 6
     assert 0 <= w["avg_jaccard_score"] <= 1 and w["n_skipped"] == 0
@@ -504,7 +504,7 @@ runner.evaluate({str(run)!r}, {str(ev)!r}, out={str(out)!r}, workers=0)
 
     runner.RUNNERS["zeroshot_classification"] = spy
     try:
-        res = evaluate(run, ev, out=out, workers=0, model_loader=loader)
+        res = evaluate(run, ev, out=out, workers=0, model_loader=loader)["results"]
     finally:
         runner.RUNNERS["zeroshot_classification"] = real
     assert evaluated == ["synth/count"] and len(seen) == 1

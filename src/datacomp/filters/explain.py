@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError
-from .engine import ShardColumns, _shard_ops, eval_rule, pool_parquets
+from .engine import ShardColumns, _shard_ops, eval_rule
+from .stage import pool_parquets
 from .recipe import Recipe, Rule, load_recipe
 from .registry import OpEnv
 
