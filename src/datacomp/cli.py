@@ -154,7 +154,7 @@ def cmd_download(a: argparse.Namespace) -> int:
 
     m = download(Path(a.pool), metadata=a.metadata or None, scale=a.scale, options=_download_options(a),
                  download_npz=a.download_npz, skip_shards=a.skip_shards, overwrite_metadata=a.overwrite_metadata,
-                 retry_rounds=a.retry_rounds)
+                 retry_rounds=a.retry_rounds, overwrite=a.overwrite)
     print(json.dumps({"pool": a.pool, "counts": m.counts}, indent=2, default=str))
     return 0
 

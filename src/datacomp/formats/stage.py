@@ -42,7 +42,8 @@ and removes the pending file: the manifest's presence means the stage is complet
 ``StageOutput.digest`` is the parameter identity (sha256 of the canonical JSON, 16 hex digits).
 ``manifest`` may name another file than ``DIR/manifest.json`` (filter's sidecar beside the
 subset, evaluate's beside its results), ``pending`` another name for the pending file (stages
-sharing a directory), ``where`` the path messages name (default ``DIR``), and ``files_root`` the directory the manifest's file records are relative
+sharing a directory), ``where`` the path messages name (default ``DIR``), ``follows`` the stages whose manifest in
+the same place this one replaces (download after byod), and ``files_root`` the directory the manifest's file records are relative
 to (default: the manifest's directory).
 """
 from __future__ import annotations
@@ -111,7 +112,8 @@ class StageOutput:
                  inputs: dict[str, Any] | None = None, overwrite: bool = False,
                  manifest: str | os.PathLike | None = None, files_root: str | os.PathLike | None = None,
                  owned: Iterable[str | os.PathLike] = (), replace: str = "clear", exclusive: bool = False,
-                 keep: Iterable[str] = (), pending: str = PENDING_NAME, where: str | os.PathLike | None = None) -> None:
+                 keep: Iterable[str] = (), pending: str = PENDING_NAME, where: str | os.PathLike | None = None,
+                 follows: Iterable[str] = ()) -> None:
         if replace not in ("clear", "aside"):
             raise ValueError(f"replace must be 'clear' or 'aside', not {replace!r}")
         self.stage = stage
@@ -126,6 +128,7 @@ class StageOutput:
         self.exclusive = exclusive
         self.keep = set(keep)  # names in DIR that are not output (a lock file) for the exclusive check
         self.pending_name = pending
+        self.follows = set(follows)  # stages whose manifest in the same place is an input, not an output
         self.where = Path(where) if where is not None else self.dir  # what messages name
         self.digest = params_digest(self.params)
         self.previous: Manifest | None = None  # the manifest found by begin(), whatever became of it
@@ -173,6 +176,8 @@ class StageOutput:
         """The finished manifest to reuse, or None after preparing ``DIR`` for a (resumed) run."""
         existing = self.read_manifest()
         self.previous = existing
+        if existing is not None and existing.stage in self.follows:
+            existing = None
         pending = self.read_pending()
         foreign = self._foreign() if self.exclusive and existing is None and pending is None else []
         aside = self.replace == "aside" and existing is not None
