@@ -236,7 +236,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     from .report.build import build_report
 
     out = Path(a.out) if a.out else Path(a.workdirs[0]) / "report"
-    rep = build_report(a.workdirs, out, n_samples=a.samples)
+    rep = build_report(a.workdirs, out, n_samples=a.samples, overwrite=a.overwrite)
     for note in rep.notes:
         print(f"datacomp report: note: {note}", file=sys.stderr)
     print(f"wrote {rep.index} ({rep.seconds:.1f} s)")

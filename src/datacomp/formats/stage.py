@@ -149,7 +149,7 @@ class StageOutput:
         return read_manifest_file(self.manifest_file)
 
     def read_pending(self) -> dict[str, Any] | None:
-        """``{"params", "inputs"}`` of the unfinished run in ``DIR`` (None: none started; a torn or
+        """``{"stage", "params", "inputs"}`` of the unfinished run in ``DIR`` (None: none started; a torn or
         odd file cannot come from an atomic write and reads as another run's)."""
         if not self.pending_file.is_file():
             return None
@@ -200,14 +200,16 @@ class StageOutput:
                 self.manifest_file.unlink()
                 clear_markers(self.dir)
             return self._start()
-        if pending is not None and canonical(pending.get("params")) != self.params and not self.has_work():
+        other = pending is not None and (pending.get("stage", self.stage) != self.stage
+                                         or canonical(pending.get("params")) != self.params)
+        if other and not self.has_work():
             log.info("%s: an unfinished '%s' output without a finished unit (other parameters); starting afresh",
                      self.where, self.stage)
             self.clear()
             pending = None
         if pending is not None:
-            if canonical(pending.get("params")) != self.params:
-                self._refuse("an unfinished", self.stage, pending.get("params"))
+            if other:
+                self._refuse("an unfinished", str(pending.get("stage", self.stage)), pending.get("params"))
             stale = self._stale(pending.get("inputs") or {})
             if stale:
                 log.warning("%s: not resuming the unfinished '%s' output: %s; starting it again", self.where,
@@ -242,7 +244,7 @@ class StageOutput:
 
     def _start(self) -> None:  # the pending file goes first: a killed run is 'unfinished, these params'
         self.dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.pending_file, {"params": self.params, "inputs": self.inputs})
+        write_json(self.pending_file, {"stage": self.stage, "params": self.params, "inputs": self.inputs})
         return None
 
     def clear(self, keep_manifest: bool = False) -> None:
