@@ -27,9 +27,9 @@ steps::
 - a finished or unfinished output made with other parameters (or by another stage), and with
   ``exclusive=True`` a directory holding files of neither kind, is refused with one
   :class:`StageConflictError` line naming the directory and the parameters that differ;
-- with ``overwrite`` whatever ``DIR`` holds is replaced, finished or not, same parameters or not. ``replace="clear"`` (the default) removes the manifest,
-  the markers, the pending file and the stage's ``owned`` paths before the run;
-  ``replace="aside"`` is for stages that write every output beside the old one and swap it in
+- with ``overwrite`` whatever ``DIR`` holds is replaced, finished or not, same parameters or
+  not. ``replace="clear"`` (the default) removes the manifest, the markers, the pending file and
+  the stage's ``owned`` paths before the run; ``replace="aside"`` is for stages that write every output beside the old one and swap it in
   (an atomic subset file, a ``replaced_dir``): the old manifest stays until ``finish`` replaces
   it, so a crash in between leaves the old output complete and reusable.
 
@@ -41,10 +41,11 @@ and removes the pending file: the manifest's presence means the stage is complet
 
 ``StageOutput.digest`` is the parameter identity (sha256 of the canonical JSON, 16 hex digits).
 ``manifest`` may name another file than ``DIR/manifest.json`` (filter's sidecar beside the
-subset, evaluate's beside its results), ``pending`` another name for the pending file (stages
-sharing a directory), ``where`` the path messages name (default ``DIR``), ``follows`` the stages whose manifest in
-the same place this one replaces (download after byod), and ``files_root`` the directory the manifest's file records are relative
-to (default: the manifest's directory).
+subset, evaluate's beside its results); ``pending`` another name for the pending file (stages
+sharing a directory); ``where`` the path messages name (default ``DIR``); ``follows`` the stages
+whose manifest in the same place this one replaces (download after byod); ``files_root`` the
+directory the manifest's file records are relative to (default: the manifest's directory);
+``keep`` names in ``DIR`` that are not output (a lock file).
 """
 from __future__ import annotations
 
