@@ -194,7 +194,9 @@ class StageOutput:
                 log.info("%s: a finished '%s' output with these parameters; reusing it", self.where, self.stage)
                 existing.reused = True
                 return existing
-            log.warning("%s: not reusing the finished '%s' output: %s; running the stage again", self.where, self.stage, why)
+            # a changed input is the normal course of things (info); a damaged output is not (warning)
+            (log.info if stale else log.warning)("%s: not reusing the finished '%s' output: %s; running the stage "
+                                                 "again", self.where, self.stage, why)
             if stale:
                 self.clear(keep_manifest=aside)
             else:  # damaged: what is intact of it stays, the stage redoes its units
