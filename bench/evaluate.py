@@ -188,7 +188,7 @@ def mode_inprocess(b: dict, model_name: str, workers: int, bs: int) -> dict:
     from clip_benchmark.metrics import zeroshot_retrieval as zsr
 
     from datacomp.evaluate import open_evalset
-    from datacomp.evaluate.model import load_run_model
+    from datacomp.train import load_model
     from datacomp.evaluate.zeroshot import zeroshot_classification, zeroshot_retrieval
 
     model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=str(b["ckpt"]))
@@ -210,7 +210,7 @@ def mode_inprocess(b: dict, model_name: str, workers: int, bs: int) -> dict:
     del dl
     t_cb.__exit__()
 
-    model2, preprocess2, tok2 = load_run_model(b["run"])
+    model2, preprocess2, tok2 = load_model(b["run"])
     t_ours.__enter__()
     for k in ("synth/concepts", "synth/count"):
         ours[k], _ = zeroshot_classification(model2, preprocess2, tok2, open_evalset(b["ev"], k), bs, workers)

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from datacomp.filters import run_filter  # noqa: E402
-from datacomp.filters.engine import pool_parquets  # noqa: E402
+from datacomp.filters.stage import pool_parquets  # noqa: E402
 from datacomp.filters.ops import _text  # noqa: E402
 from datacomp.filters.ops import language as lang  # noqa: E402
 from datacomp.filters.ops.image_size import ImageSize  # noqa: E402

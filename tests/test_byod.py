@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from datacomp.errors import FormatError, InputError
+from datacomp.errors import FormatError, InputError, StageConflictError
 from datacomp.formats.pool import POOL_COLUMNS, list_parquets, read_metadata
 from datacomp.formats.shards import iter_samples, list_shards, read_stats
 from datacomp.formats.uids import make_subset, uids_to_pairs, write_subset
@@ -52,8 +52,13 @@ def test_metadata_from_csv_and_parquet(tmp_path: Path):
     # deterministic: the same inputs give the same files
     byod_metadata(src, tmp_path / "pool2", rows_per_file=2)
     assert (tmp_path / "pool2" / "metadata" / "00000000.parquet").read_bytes() == files[0].read_bytes()
-    with pytest.raises(InputError, match="already holds metadata"):
+    assert byod_metadata(src, tmp_path / "pool", rows_per_file=2).reused  # same parameters: reused
+    with pytest.raises(StageConflictError, match=r"pool: holds a finished 'byod' output .*rows_per_file 2 -> 500000"):
         byod_metadata(src, tmp_path / "pool")
+    (tmp_path / "pool4" / "metadata").mkdir(parents=True)
+    (tmp_path / "pool4" / "metadata" / "x.parquet").write_bytes(b"x")
+    with pytest.raises(StageConflictError, match="already holds metadata that no byod run made"):
+        byod_metadata(src, tmp_path / "pool4")
     (tmp_path / "bad.csv").write_text("link,words\nx,y\n")
     with pytest.raises(FormatError, match="no url column"):
         byod_metadata(tmp_path / "bad.csv", tmp_path / "pool3")

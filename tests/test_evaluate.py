@@ -21,7 +21,7 @@ from datacomp.evaluate.metrics import (  # noqa: E402
     retrieval_metrics,
     topk_accuracy,
 )
-from datacomp.evaluate.model import load_run_model  # noqa: E402
+from datacomp.train import load_model  # noqa: E402
 from datacomp.evaluate.registry import registry_version  # noqa: E402
 from datacomp.evaluate.zeroshot import class_embeddings, zeroshot_retrieval  # noqa: E402
 from datacomp.formats.results import append_result, read_results  # noqa: E402
@@ -340,7 +340,7 @@ def test_undecodable_images_skipped(tmp_path):
     ev = tmp_path / "ev"
     make_cls_task(ev, "synth/concepts", per_shard=[6], bad_images=2)
     run = make_run(tmp_path)
-    res = evaluate(run, ev, workers=0)
+    res = evaluate(run, ev, workers=0)["results"]
     assert [r["key"] for r in res] == ["synth/concepts"]
     m = res[0]["metrics"]
     assert m["n_skipped"] == 2 and m["n_samples"] == 4
@@ -355,14 +355,14 @@ def test_zeroshot_matches_direct_computation(tmp_path):
     make_cls_task(ev, "synth/concepts", n_classes=6, per_shard=[9, 7])
     make_retrieval_task(ev)
     run = make_run(tmp_path, module_prefix=True)
-    res = evaluate(run, ev, batch_size=5, workers=2)
+    res = evaluate(run, ev, batch_size=5, workers=2)["results"]
     assert [r["key"] for r in res] == ["synth/concepts", "synth/retrieval"]
     lines = read_results(run / "eval_results.jsonl")
     assert [line["key"] for line in lines] == ["synth/concepts", "synth/retrieval"]
     assert lines[0]["dataset"] == "Synth Concepts" and lines[0]["registry_version"] == registry_version()
 
     # direct computation, no DataLoader, one image at a time
-    model, preprocess, tok = load_run_model(run)
+    model, preprocess, tok = load_model(run)
     es = open_evalset(ev, "synth/concepts")
     with torch.no_grad():
         per_class = []
@@ -406,19 +406,19 @@ def test_resume_skips_done_tasks_and_repairs_torn_line(tmp_path):
 
     def loader(r):
         calls.append(r)
-        return load_run_model(r)
+        return load_model(r)
 
-    first = evaluate(run, ev, out=out, tasks=["synth/concepts"], model_loader=loader, workers=0)
+    first = evaluate(run, ev, out=out, tasks=["synth/concepts"], model_loader=loader, workers=0)["results"]
     assert len(first) == 1 and len(calls) == 1
     with open(out, "ab") as f:
         f.write(b'{"key": "synth/count", "metr')  # torn line from a crash
-    second = evaluate(run, ev, out=out, model_loader=loader, workers=0)
+    second = evaluate(run, ev, out=out, model_loader=loader, workers=0)["results"]
     assert [r["key"] for r in second] == ["synth/concepts", "synth/count"]
     assert second[0] == first[0] and len(calls) == 2
     assert second[1]["metrics"]["acc5"] is None  # 3 classes
     assert [r["key"] for r in read_results(out)] == ["synth/concepts", "synth/count"]
     # everything done: no model load at all
-    third = evaluate(run, ev, out=out, model_loader=loader, workers=0)
+    third = evaluate(run, ev, out=out, model_loader=loader, workers=0)["results"]
     assert third == second and len(calls) == 2
 
 
@@ -439,9 +439,12 @@ def test_evaluate_errors_before_model_load(tmp_path):
     import shutil
     shutil.rmtree(ev / "wilds-fmow")
     (ev / "synth-concepts" / "test" / "1.tar").unlink()
+    with pytest.raises(InputError, match="norun: training run directory does not exist"):
+        evaluate(tmp_path / "norun", ev, model_loader=load_model)
+    (tmp_path / "norun").mkdir()
     with pytest.raises(InputError, match="norun.*open_clip_config.json"):
-        evaluate(tmp_path / "norun", ev, model_loader=load_run_model)
+        evaluate(tmp_path / "norun", ev, model_loader=load_model)
     run = make_run(tmp_path)
     (run / "checkpoints" / "epoch_latest.pt").unlink()
     with pytest.raises(InputError, match="epoch_latest.pt"):
-        evaluate(run, ev, model_loader=load_run_model)
+        evaluate(run, ev, model_loader=load_model)["results"]

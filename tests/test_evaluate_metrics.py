@@ -178,7 +178,7 @@ def test_group_tasks_end_to_end(tmp_path):
     d.rename(ev / "wds_dollar_street_test")  # the reference's folder name is found too
     add_metadata(ev / "wds_dollar_street_test", [[i % 4, 100 + i, 2] for i in range(7)])
     run = make_run(tmp_path)
-    res = {r["key"]: r["metrics"] for r in evaluate(run, ev, workers=0, batch_size=4)}
+    res = {r["key"]: r["metrics"] for r in evaluate(run, ev, workers=0, batch_size=4)["results"]}
     assert set(res) == {"fairness/geode", "wilds/fmow", "fairness/dollar_street"}
     g = res["fairness/geode"]
     assert g["main_metric"] == g["acc_wg"] and g["acc_wg"] <= g["acc_avg"] == pytest.approx(g["acc1"])
@@ -224,7 +224,7 @@ def test_fairface_end_to_end(tmp_path):
     ev = tmp_path / "ev"
     make_fairface(ev)
     run = make_run(tmp_path)
-    (row,) = evaluate(run, ev, workers=0)
+    (row,) = evaluate(run, ev, workers=0)["results"]
     m = row["metrics"]
     assert row["key"] == "fairness/fairface" and m["main_metric"] is None
     assert m["n_samples"] == 10
@@ -295,7 +295,7 @@ def test_nlphuji_layouts_end_to_end(tmp_path):
     flickr = by["retrieval/flickr_1k_test_image_text_retrieval"]
     assert flickr["size"] == 5 and flickr["captions"] == 25 and flickr["layout"] == "arrow"
     run = make_run(tmp_path)
-    res = {r["key"]: r["metrics"] for r in evaluate(run, ev, workers=0)}
+    res = {r["key"]: r["metrics"] for r in evaluate(run, ev, workers=0)["results"]}
     w = res["misc/winogavil"]
     assert w["main_metric"] == w["jaccard_score_10-12"] is not None and w["n_samples"] == 6
     assert 0 <= w["avg_jaccard_score"] <= 1 and w["n_skipped"] == 0
@@ -465,7 +465,7 @@ def test_killed_mid_suite_then_resumed(tmp_path):
     import subprocess
     import sys
 
-    from datacomp.evaluate.model import load_run_model
+    from datacomp.train import load_model
     from datacomp.formats.results import read_results
 
     ev = tmp_path / "ev"
@@ -491,7 +491,7 @@ runner.evaluate({str(run)!r}, {str(ev)!r}, out={str(out)!r}, workers=0)
 
     def loader(path):
         seen.append(path)
-        return load_run_model(path)
+        return load_model(path)
 
     from datacomp.evaluate import runner
 
@@ -504,7 +504,7 @@ runner.evaluate({str(run)!r}, {str(ev)!r}, out={str(out)!r}, workers=0)
 
     runner.RUNNERS["zeroshot_classification"] = spy
     try:
-        res = evaluate(run, ev, out=out, workers=0, model_loader=loader)
+        res = evaluate(run, ev, out=out, workers=0, model_loader=loader)["results"]
     finally:
         runner.RUNNERS["zeroshot_classification"] = real
     assert evaluated == ["synth/count"] and len(seen) == 1
@@ -518,7 +518,7 @@ def test_registry_expresses_synth_group_tasks(tmp_path):
     """A synth task with a worst-group main metric over string metadata in the sample .json,
     and one scored by mean per-class recall, as the embedded world's generator will write them."""
     from datacomp.evaluate.registry import Task
-    from datacomp.evaluate.model import load_run_model
+    from datacomp.train import load_model
     from datacomp.evaluate.zeroshot import zeroshot_classification
 
     wg = Task(key="synth/concepts_groups", name="Synth Concepts (worst palette)", short="palette",
@@ -530,7 +530,7 @@ def test_registry_expresses_synth_group_tasks(tmp_path):
     d = make_cls_task(ev, wg.key, n_classes=5, per_shard=[9])
     add_metadata(d, [{"palette": ["warm", "cool", "grey"][i % 3]} for i in range(9)], kind="json")
     make_cls_task(ev, mpcr.key, n_classes=4, per_shard=[6])
-    model, pre, tok = load_run_model(make_run(tmp_path))
+    model, pre, tok = load_model(make_run(tmp_path))
     m, aux = zeroshot_classification(model, pre, tok, open_evalset(ev, wg), batch_size=4, workers=0)
     assert m["count_palette:0"] == m["count_palette:1"] == m["count_palette:2"] == 3
     assert m["acc_wg"] == min(m[f"acc_palette:{i}"] for i in range(3))

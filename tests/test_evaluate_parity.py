@@ -22,7 +22,7 @@ from clip_benchmark.metrics import zeroshot_retrieval as zsr  # noqa: E402
 from sklearn.metrics import balanced_accuracy_score  # noqa: E402
 
 from datacomp.evaluate import open_evalset  # noqa: E402
-from datacomp.evaluate.model import load_run_model  # noqa: E402
+from datacomp.train import load_model  # noqa: E402
 from datacomp.evaluate.zeroshot import zeroshot_classification, zeroshot_retrieval  # noqa: E402
 
 from test_evaluate import make_cls_task, make_run, write_tar  # noqa: E402
@@ -59,7 +59,7 @@ def make_wds_retrieval(d: Path, n: int, seed: int = 5) -> Path:
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("parity")
     run = make_run(root, seed=3)
-    model, preprocess, tok = load_run_model(run)
+    model, preprocess, tok = load_model(run)
     return root, model, preprocess, tok
 
 

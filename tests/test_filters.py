@@ -169,7 +169,7 @@ def test_clip_fraction_ties_and_threshold(tmp_path: Path):
     side = run_filter(pool, "clip_score_l14_30", out, overrides={"fraction": 0.2}, workers=1)
     assert side["globals"]["threshold"] == pytest.approx(0.30)
     assert side["counts"]["kept"] == 3
-    assert side["params"] == {"fraction": 0.2, "threshold": None}
+    assert side["recipe_params"] == {"fraction": 0.2, "threshold": None}
 
     # threshold mode: no quantile, keep >= t
     out = tmp_path / "clip_t.npy"

@@ -326,7 +326,7 @@ def test_union_and_intersection_recipes(pool: Path, tmp_path: Path):
     assert {tuple(x) for x in np.asarray(read_subset(tmp_path / "u.npy")).tolist()} == A | B
     assert [m["member"] for m in side["union_members"]] == ["laion2b", "basic_filter"]
     assert side["union_members"][-1]["removed_by_all_so_far"] == side["counts"]["removed"]
-    run_filter(pool, "laion2b", a, overrides={"threshold": 0.25}, workers=1)
+    run_filter(pool, "laion2b", a, overrides={"threshold": 0.25}, workers=1, overwrite=True)
     A25 = {tuple(x) for x in np.asarray(read_subset(a)).tolist()}
     run_filter(pool, tmp_path / "i.yaml", tmp_path / "i.npy", workers=1)
     assert {tuple(x) for x in np.asarray(read_subset(tmp_path / "i.npy")).tolist()} == A25 & B
@@ -378,7 +378,7 @@ def test_bad_npz_inputs(pool: Path, tmp_path: Path):
     _one_line(e)
     np.savez(z, l14_img=emb[:-1])  # wrong row count
     with pytest.raises(FormatError, match=r"00000001\.npz.*rows but its parquet has") as e:
-        run_filter(p, "image_based", tmp_path / "x.npy", overrides={"num_clusters": 2}, workers=1)
+        run_filter(p, "image_based", tmp_path / "k2.npy", overrides={"num_clusters": 2}, workers=1)  # other params
     _one_line(e)
     bad = emb.copy()
     bad[3] = np.nan

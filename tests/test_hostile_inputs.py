@@ -371,11 +371,11 @@ def test_busy_run_directory_refuses_naming_the_holder(world: Path, capsys):
 def test_unreadable_training_data_fails_fast_with_bounded_logs(tmp_path: Path):
     """webdataset's endless "... Ignoring" lines on data with no valid sample end the run."""
     from datacomp.errors import FormatError
-    from datacomp.train import launch
+    from datacomp.train import monitor
 
     spin = "import sys\nwhile True: print('wds | WARNING | invalid header in shard, Ignoring', flush=True)"
     with pytest.raises(FormatError, match="yields no valid sample"):
-        launch._stream([sys.executable, "-c", spin], dict(os.environ), tmp_path / "stdout.log")
+        monitor.stream([sys.executable, "-c", spin], dict(os.environ), tmp_path / "stdout.log")
     assert (tmp_path / "stdout.log").stat().st_size < 200_000
 
 
@@ -490,7 +490,10 @@ def test_rerun_after_a_crash_leaves_no_temporaries(world: Path, monkeypatch, ver
             raise KeyboardInterrupt
 
         with monkeypatch.context() as m:
-            m.setattr(module, "write_manifest", killed)
+            if verb == "byod":  # the lifecycle writes its manifest
+                m.setattr(byod_mod.StageOutput, "finish", killed)
+            else:
+                m.setattr(module, "write_manifest", killed)
             with pytest.raises(KeyboardInterrupt):
                 stage()
         _stale(out, "00000000.tar", ".tar")

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from datacomp.config import load_scale
-from datacomp.errors import ConfigError, FormatError, InputError
+from datacomp.errors import ConfigError, FormatError, InputError, StageConflictError
 from datacomp.filters.reference_subsets import (build_reference_subset, is_pseudo_recipe, oracle_subset,
                                                 random_basic_subset, random_subset)
 from datacomp.formats.pool import list_parquets, write_metadata
@@ -77,7 +77,9 @@ def test_random_basic_has_basic_filters_size_and_follows_the_seed(world: Path, t
     assert random_basic_subset(world, subsets / "random_basic.npy", seed=0, workers=1).get("reused") is True
     again = random_basic_subset(world, tmp_path / "other" / "rb.npy", seed=0, basic=subsets / "basic_filter.npy")
     assert pairs_to_uids(read_subset(tmp_path / "other" / "rb.npy")) == got and not again.get("reused")
-    side1 = random_basic_subset(world, subsets / "random_basic.npy", seed=1, workers=1)
+    with pytest.raises(StageConflictError, match=r"random_basic.npy: holds a finished 'filter' output .*seed 0 -> 1"):
+        random_basic_subset(world, subsets / "random_basic.npy", seed=1, workers=1)
+    side1 = random_basic_subset(world, subsets / "random_basic.npy", seed=1, workers=1, overwrite=True)
     assert not side1.get("reused") and side1["seed"] == 1
     got1 = pairs_to_uids(read_subset(subsets / "random_basic.npy"))
     assert len(got1) == len(got) and got1 != got

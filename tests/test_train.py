@@ -288,7 +288,7 @@ def test_data_weights(tmp_path: Path) -> None:
 
 
 def test_guard_rails(tmp_path: Path, caplog) -> None:
-    from datacomp.train.launch import expected_repetitions
+    from datacomp.train.protocol import expected_repetitions
 
     _touch_shards(tmp_path / "d", range(3))
     with pytest.raises(InputError, match=r"3 shard\(s\) < 2 node\(s\) x 2 worker\(s\)"):
@@ -309,7 +309,7 @@ def test_guard_rails(tmp_path: Path, caplog) -> None:
 
 
 def test_progress_line(tmp_path: Path) -> None:
-    from datacomp.train.launch import Progress
+    from datacomp.train.monitor import Progress
 
     p = Progress(epochs=5, samples_per_epoch=2_560_000, global_batch=4096, world_size=8, log_file=tmp_path / "p.log")
     head = "2026-01-01,00:00:00 | INFO | "

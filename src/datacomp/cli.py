@@ -90,7 +90,7 @@ def cmd_filter(a: argparse.Namespace) -> int:
 
     validate_pool(a.pool)  # readable parquets with uids, npz row counts = parquet row counts
     summary = run_filter(Path(a.pool), a.recipe, Path(a.out), overrides=_parse_sets(a.set),
-                         executor=a.executor, workers=a.workers)
+                         executor=a.executor, workers=a.workers, overwrite=a.overwrite)
     print(format_summary(summary))
     if a.explain:
         _explain(Path(a.pool), Path(a.out), summary, a.explain)
@@ -154,7 +154,7 @@ def cmd_download(a: argparse.Namespace) -> int:
 
     m = download(Path(a.pool), metadata=a.metadata or None, scale=a.scale, options=_download_options(a),
                  download_npz=a.download_npz, skip_shards=a.skip_shards, overwrite_metadata=a.overwrite_metadata,
-                 retry_rounds=a.retry_rounds)
+                 retry_rounds=a.retry_rounds, overwrite=a.overwrite)
     print(json.dumps({"pool": a.pool, "counts": m.counts}, indent=2, default=str))
     return 0
 
@@ -184,13 +184,14 @@ def cmd_byod(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .train import train
+    from .train import TrainConfig, train
 
     data = [Path(p) for p in a.data.split("::")]
-    m = train(a.scale, data, Path(a.out), seed=a.seed, workers=a.workers, print_args=a.print_args,
-              resume=a.resume, gpus=a.gpus, nodes=a.nodes, accum_freq=a.accum_freq, data_weights=a.data_weights,
-              precision=a.precision, device=a.device, report_to=a.report_to, wandb_project=a.wandb_project,
-              slurm=a.slurm, sbatch_options=a.sbatch or (), max_repeats=a.max_repeats, overwrite=a.overwrite)
+    config = TrainConfig(seed=a.seed, workers=a.workers, print_args=a.print_args, resume=a.resume, gpus=a.gpus,
+                         nodes=a.nodes, accum_freq=a.accum_freq, data_weights=a.data_weights, precision=a.precision,
+                         device=a.device, report_to=a.report_to, wandb_project=a.wandb_project, slurm=a.slurm,
+                         sbatch_options=a.sbatch or (), max_repeats=a.max_repeats, overwrite=a.overwrite)
+    m = train(a.scale, data, Path(a.out), config)
     if not a.print_args and not a.slurm and m is not None:
         print(json.dumps({"run": a.out, "counts": m.counts, "timings": m.timings}, indent=2))
     return 0
@@ -207,7 +208,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if not a.run:
         raise DatacompError("evaluate needs --run RUN (or --check)")
     out = Path(a.out) if a.out else None
-    results = evaluate(Path(a.run), Path(a.evalsets), out=out, tasks=tasks)
+    results = evaluate(Path(a.run), Path(a.evalsets), out=out, tasks=tasks, overwrite=a.overwrite)["results"]
     for r in results:
         print(f"{r['key']:40s} {r['metrics'].get('main_metric')}")
     print(json.dumps(aggregate(results), indent=2))
@@ -235,7 +236,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     from .report.build import build_report
 
     out = Path(a.out) if a.out else Path(a.workdirs[0]) / "report"
-    rep = build_report(a.workdirs, out, n_samples=a.samples)
+    rep = build_report(a.workdirs, out, n_samples=a.samples, overwrite=a.overwrite)
     for note in rep.notes:
         print(f"datacomp report: note: {note}", file=sys.stderr)
     print(f"wrote {rep.index} ({rep.seconds:.1f} s)")
@@ -292,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--list", action="store_true", help="list every op and recipe")
     sp.add_argument("--explain", type=int, metavar="N", help="also show N dropped rows per deciding rule, with the "
                     "values that decided, and write them to SUBSET.explain.parquet")
+    sp.add_argument("--overwrite", action="store_true", help="replace an output made with other parameters")
     workers(sp)
 
     sp = add("reshard", cmd_reshard, "materialise a subset as new webdataset shards")
@@ -332,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--download-npz", action="store_true")
     sp.add_argument("--skip-shards", action="store_true", help="metadata only")
     sp.add_argument("--overwrite-metadata", action="store_true")
+    sp.add_argument("--overwrite", action="store_true", help="replace an output made with other parameters")
     sp.add_argument("--retry-rounds", type=_count(0), default=0, help="re-fetch failed uids this many times")
     image_flags(sp)
 
@@ -378,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--check", action="store_true", help="only check which tasks are present and well-formed")
     sp.add_argument("--out", help="results file (default RUN/eval_results.jsonl)")
     sp.add_argument("--tasks", help="comma-separated task keys (default: every task present)")
+    sp.add_argument("--overwrite", action="store_true", help="replace an output made with other parameters")
 
     sp = add("download-evalsets", cmd_download_evalsets, "download the DataComp evaluation sets (needs network)")
     sp.add_argument("dest", help="directory to write the eval sets to")
@@ -400,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="work directories (datacomp run) or run directories")
     sp.add_argument("--out", help="directory for index.html, plots/ and samples/ (default FIRST_WORKDIR/report)")
     sp.add_argument("--samples", type=int, default=8, help="kept and dropped samples shown per recipe (default %(default)s)")
+    sp.add_argument("--overwrite", action="store_true", help="replace an output made with other parameters")
 
     sp = add("info", cmd_info, "show the bundled scales, tasks or recipes")
     sp.add_argument("what", choices=["scales", "tasks", "recipes"])

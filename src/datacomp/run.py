@@ -142,7 +142,7 @@ def _run_world(scale: Scale, workdir: Path, recipes: list[str], seed: int, worke
         rm = timed(f"reshard/{label}", reshard, pool, subset, shards, shard_size=shard_size, workers=workers)
         run_dir = workdir / "runs" / label
         timed(f"train/{label}", train, scale, [shards], run_dir, seed=seed, workers=1)
-        results = timed(f"evaluate/{label}", evaluate, run_dir, pool / "evalsets")
+        results = timed(f"evaluate/{label}", evaluate, run_dir, pool / "evalsets")["results"]
         rows.append(result_row(label, results, {"dataset_size": int(summary["counts"]["kept"]),
                                                 "resharded": int(rm.counts.get("output_count", 0))}))
     timings["total"] = round(time.time() - t_start, 2)

@@ -5,7 +5,7 @@ Layout::
     POOL/teachers/{b32,l14}/open_clip_config.json + open_clip_pytorch_model.bin   local-dir: loadable
     POOL/teachers/{b32,l14}/run/          the open_clip_train run that produced them (datacomp.train)
     POOL/stages/embed/.done/<shard>.<keys>.json   per-shard completion markers
-    POOL/stages/embed/params.json         parameters of the run in progress (stale markers are cleared)
+    POOL/stages/embed/.params.json        parameters of the run in progress (formats.stage: other ones are refused)
     POOL/stages/embed/manifest.json       written last: which model + checkpoint produced each key
     POOL/targets/l14_img.npy + .json      embedded worlds only: the image-based filter's targets
                                           (see ``datacomp.pool.synth.targets``), embedded by the model
@@ -28,10 +28,11 @@ from ..config import Scale, load_scale
 from ..errors import ConfigError, InputError
 from ..executors import Unit, run_units
 from ..formats.atomic import atomic_path, file_sha256, sweep_temps, write_json
-from ..formats.manifest import (Manifest, check_reusable, clear_markers, manifest_digest, mark_done, marker_path,
-                                read_manifest, read_marker, write_manifest)
+from ..formats.manifest import Manifest, manifest_digest, mark_done, marker_path, read_manifest, read_marker
+from ..formats.stage import StageOutput
 from ..formats.pool import list_parquets, parquet_num_rows, require_pool_dir
 from ..train import launch, models
+from ..train.launchers import cpu_count
 from .core import apply_score_scale, embed_images, embed_shard, fit_score_scale, score_column
 
 if TYPE_CHECKING:
@@ -191,7 +192,7 @@ def _ensure_targets(pool: Path, sdir: Path, spec: TargetSpec, model: str, checkp
     rec = read_marker(sdir, TARGETS_UNIT)
     if _targets_current(pool, rec, spec, ident):
         return rec
-    rec = write_targets(pool, spec, model, checkpoint, ident, batch_size=batch_size, threads=launch._cpu_count())
+    rec = write_targets(pool, spec, model, checkpoint, ident, batch_size=batch_size, threads=cpu_count())
     mark_done(sdir, TARGETS_UNIT, rec)
     return rec
 
@@ -233,7 +234,7 @@ def calibrate_score_scale(pool: Path, key: str, model: str, anchors: list[dict[s
         raise InputError(f"{pool / 'metadata'}: no parquet to calibrate teacher '{key}' on")
     p = parquets[0]
     out = embed_shard(str(p), str(pool / "shards" / (p.stem + ".tar")), [{"keys": [key], "model": model, "checkpoint": None}],
-                      threads=launch._cpu_count(), write=False)
+                      threads=cpu_count(), write=False)
     det = cld3_detector(0, 1000)
     english = np.array([det.FindLanguage(t).language == "en" for t in out["texts"]])
     try:
@@ -248,7 +249,7 @@ def _ckpt_identity(checkpoint: str | None) -> str | None:
     if checkpoint is None:
         return None
     p = Path(checkpoint)
-    launch.read_state_dict(p)  # before --overwrite touches the finished stage: a bad file is refused first
+    models.read_state_dict(p)  # before --overwrite touches the finished stage: a bad file is refused first
     st = p.stat()
     return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
@@ -305,10 +306,10 @@ def embed(
         params = {"mode": "model", "pool": pool_id,
                   "keys": {k: {"model": model, "checkpoint": _ckpt_identity(ckpt)} for k in keys}}
     tspec = _targets_spec(pool, s if use_teacher else None) if TARGETS_KEY in keys else None
-    previous = read_manifest(sdir)
-    done = check_reusable(sdir, "embed", params, overwrite)
+    life = StageOutput("embed", sdir, params, overwrite=overwrite)
+    done = life.begin()  # other params on a finished or unfinished embed: StageConflictError
+    previous = life.previous
     if done is not None:
-        log.info("embed: %s already embedded with these parameters; reusing it", pool)
         if tspec is not None:
             rec = done.extra.get("targets")
             if use_teacher:
@@ -322,17 +323,8 @@ def embed(
                 else:
                     tmodel, tckpt, ident = model, str(Path(checkpoint).resolve()) if checkpoint is not None else None, known
                 done.extra["targets"] = _ensure_targets(pool, sdir, tspec, tmodel, tckpt, ident, batch_size)
-                write_manifest(sdir, done)
+                life.finish(done)
         return done
-    started = sdir / "params.json"
-    if started.is_file():
-        try:
-            old = json.loads(started.read_text())
-        except json.JSONDecodeError:
-            old = None
-        if json.dumps(old, sort_keys=True) != json.dumps(params, sort_keys=True, default=str):
-            clear_markers(sdir)
-    write_json(started, params)
 
     t0 = time.time()
     timings: dict[str, float] = {}
@@ -356,7 +348,7 @@ def embed(
         # fail fast in this process on a bad model/checkpoint, before spawning workers
         models.cached_open_clip(model, ckpt)
 
-    ncpu = launch._cpu_count()
+    ncpu = cpu_count()
     nw = max(1, min(workers, len(parquets)))
     threads = max(1, ncpu // nw)
     suffix = "+".join(keys)
@@ -408,6 +400,6 @@ def embed(
     if targets_rec is not None:
         manifest.extra["targets"] = targets_rec
     sweep_temps(pool / "metadata")  # npz/parquet temporaries of killed earlier runs
-    write_manifest(sdir, manifest)
+    life.finish(manifest)
     log.info("embed: %d rows in %d shards, %.1fs (%s)", rows, len(parquets), embed_s, ", ".join(keys))
     return manifest

@@ -2,7 +2,7 @@
 aggregation into suite scores (DATACOMP.md §5).
 
 Public API: ``evaluate``, ``aggregate``, ``check_evalsets``, ``open_evalset``, ``load_tasks``,
-``get_task``, ``load_run_model``, ``download_evalsets``, ``format_check``. Torch-using parts are imported on first use, so
+``get_task``, ``load_model``, ``download_evalsets``, ``format_check``. Torch-using parts are imported on first use, so
 ``datacomp.evaluate.registry`` (``datacomp info tasks``) stays light.
 """
 from __future__ import annotations
@@ -17,13 +17,13 @@ _LAZY = {
     "evaluate": "runner",
     "check_evalsets": "evalsets",
     "open_evalset": "evalsets",
-    "load_run_model": "model",
+    "load_model": "model",
     "download_evalsets": "download",
     "format_check": "evalsets",
 }
 
 __all__ = ["aggregate", "check_evalsets", "download_evalsets", "evaluate", "format_check", "get_task",
-           "load_run_model", "load_tasks", "open_evalset"]
+           "load_model", "load_tasks", "open_evalset"]
 
 
 def __getattr__(name: str) -> Any:

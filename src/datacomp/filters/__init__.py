@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from .engine import format_summary, run_filter
+from .stage import format_summary, run_filter
 from .recipe import Recipe, Rule, load_recipe, recipe_names
 from .registry import GlobalOp, Op, ShardOp, all_ops, register
 

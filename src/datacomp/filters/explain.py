@@ -6,7 +6,7 @@ It re-reads what the filter computed, from a finished subset's sidecar (``SUBSET
 resolved recipe, its parameters and global values such as a quantile threshold or the k-means
 centroids' file) and the score cache the filter wrote (read only: a missing score is computed
 again in memory, never written). The rules are evaluated as the filter evaluates them
-(:func:`datacomp.filters.engine.eval_rule`), so the reason is the filter's own.
+(:func:`datacomp.filters.rules.eval_rule`), so the reason is the filter's own.
 
 :func:`explain_rows` gives the reasons for chosen rows (the report's sample grids);
 :func:`explain_dropped` picks N dropped rows per deciding rule, in uid order, with every column
@@ -23,8 +23,9 @@ import pyarrow as pa
 
 from ..errors import ConfigError
 from .columns import ShardColumns
-from .engine import _shard_ops, pool_parquets
+from .engine import _shard_ops
 from .rules import eval_rule
+from .stage import pool_parquets
 from .recipe import Recipe, Rule, load_recipe
 from .registry import OpEnv
 

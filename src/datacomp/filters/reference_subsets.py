@@ -14,13 +14,13 @@ reshard, train and evaluate treat them like any other subset.
   (and so its repeats per sample at the fixed samples-seen budget) but none of its selection,
   so a filter must beat it to show that its choice of samples, not its size, helps.
 
-Outputs are reused when the pool (and, for ``random_basic``, the seed and the basic subset) is
-unchanged, like :func:`datacomp.filters.run_filter`'s.
+Each goes through the filter stage's lifecycle (:func:`.stage.subset_output`): reused when the
+pool (and, for ``random_basic``, the seed and the basic subset) is unchanged, refused when made
+with other parameters unless ``overwrite``, like :func:`datacomp.filters.run_filter`'s.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -32,9 +32,11 @@ import pyarrow.parquet as pq
 
 from .. import __version__
 from ..errors import ConfigError, FormatError, InputError
-from ..formats.atomic import write_json
+from ..formats.manifest import Manifest
 from ..formats.pool import list_parquets, read_metadata
+from ..formats.stage import StageOutput
 from ..formats.uids import make_subset, read_subset, uids_to_pairs, write_subset
+from .stage import STAGE, files_digest, finish_subset, run_filter, subset_output
 
 log = logging.getLogger(__name__)
 
@@ -59,35 +61,13 @@ def _fingerprint(paths: list[Path]) -> list[str]:
     return out
 
 
-def _digest(identity: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _reusable(out: Path, digest: str) -> dict[str, Any] | None:
-    sidecar = out.with_suffix(".json")
-    if out.is_file() and sidecar.is_file():
-        try:
-            old = json.loads(sidecar.read_text())
-        except json.JSONDecodeError:
-            return None
-        if old.get("digest") == digest:
-            log.info("%s: up to date (%s), reusing it", out, old.get("recipe"))
-            return {**old, "reused": True}
-    return None
-
-
-def _check_out(out: Path) -> None:
-    if out.suffix == ".json":
-        raise ConfigError(f"{out}: the subset path must not end in .json (the sidecar goes there)")
-
-
 def _pool_uids(parquets: list[Path]) -> list[np.ndarray]:
     """The uid column of each metadata parquet, in pool order."""
     return [np.asarray(read_metadata(p, ["uid"]).column("uid").to_pylist(), dtype=object) for p in parquets]
 
 
-def _write(out: Path, uids: np.ndarray, name: str, pool: Path, digest: str, pool_rows: int, shards: int,
-           t_start: float, extra: dict[str, Any]) -> dict[str, Any]:
+def _write(life: StageOutput, out: Path, uids: np.ndarray, name: str, pool: Path, pool_rows: int, shards: int,
+           t_start: float, extra: dict[str, Any]) -> Manifest:
     try:
         pairs = uids_to_pairs(uids)
     except ValueError as e:
@@ -95,32 +75,22 @@ def _write(out: Path, uids: np.ndarray, name: str, pool: Path, digest: str, pool
     subset = make_subset(pairs)
     write_subset(out, subset)
     kept = len(subset)
-    sidecar: dict[str, Any] = {
-        "stage": "filter",
-        "version": __version__,
-        "sidecar_version": SIDECAR_VERSION,
-        "digest": digest,
-        "recipe": name,
-        "pseudo_recipe": True,
-        "description": PSEUDO_RECIPES[name],
-        "pool": str(pool),
-        "subset": str(out),
-        **extra,
-        "counts": {"pool_rows": pool_rows, "kept": kept, "removed": pool_rows - kept, "shards": shards,
-                   "kept_fraction": (kept / pool_rows) if pool_rows else 0.0},
-        "timings": {"total": round(time.time() - t_start, 3)},
-        "created": time.time(),
-    }
-    write_json(out.with_suffix(".json"), sidecar)
+    manifest = Manifest(
+        stage=STAGE, params=life.params,
+        counts={"pool_rows": pool_rows, "kept": kept, "removed": pool_rows - kept, "shards": shards,
+                "kept_fraction": (kept / pool_rows) if pool_rows else 0.0},
+        timings={"total": round(time.time() - t_start, 3)},
+        extra={"sidecar_version": SIDECAR_VERSION, "digest": life.digest, "recipe": name, "pseudo_recipe": True,
+               "description": PSEUDO_RECIPES[name], "pool": str(pool), "subset": str(out), **extra})
+    finish_subset(life, out, manifest)
     log.info("%s: kept %d of %d rows (%.2f%%) -> %s", name, kept, pool_rows, 100 * kept / max(pool_rows, 1), out)
-    return sidecar
+    return manifest
 
 
-def oracle_subset(pool: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
-    """Write the pool's clean pairs (``truth/*.parquet`` column ``clean``) as a subset; -> sidecar."""
+def oracle_subset(pool: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Manifest:
+    """Write the pool's clean pairs (``truth/*.parquet`` column ``clean``) as a subset; -> its manifest."""
     t_start = time.time()
     pool, out = Path(pool), Path(out)
-    _check_out(out)
     parquets = list_parquets(pool)
     truth_dir = pool / "truth"
     if not truth_dir.is_dir():
@@ -130,9 +100,11 @@ def oracle_subset(pool: str | os.PathLike, out: str | os.PathLike) -> dict[str, 
     for t in truths:
         if not t.is_file():
             raise InputError(f"{t}: ground truth missing for metadata file {t.name}")
-    digest = _digest({"version": __version__, "sidecar_version": SIDECAR_VERSION, "recipe": "oracle",
-                      "pool": str(pool.resolve()), "metadata": _fingerprint(parquets), "truth": _fingerprint(truths)})
-    old = _reusable(out, digest)
+    life = subset_output(out, {"version": __version__, "sidecar_version": SIDECAR_VERSION, "recipe": "oracle",
+                               "pool": str(pool.resolve())},
+                         {"metadata": files_digest(_fingerprint(parquets)), "truth": files_digest(_fingerprint(truths))},
+                         overwrite)
+    old = life.begin()
     if old is not None:
         return old
     kept: list[np.ndarray] = []
@@ -150,26 +122,25 @@ def oracle_subset(pool: str | os.PathLike, out: str | os.PathLike) -> dict[str, 
             raise FormatError(f"{t}: column 'clean' must be boolean, got {table.schema.field('clean').type}")
         kept.append(uids[clean])
         rows += len(uids)
-    return _write(out, np.concatenate(kept), "oracle", pool, digest, rows, len(parquets), t_start,
+    return _write(life, out, np.concatenate(kept), "oracle", pool, rows, len(parquets), t_start,
                   {"truth": str(truth_dir)})
 
 
 def random_subset(pool: str | os.PathLike, out: str | os.PathLike, size: int, seed: int,
-                  name: str = "random_basic", extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``size`` pool rows drawn uniformly without replacement with ``seed``; -> sidecar.
+                  name: str = "random_basic", extra: dict[str, Any] | None = None, overwrite: bool = False) -> Manifest:
+    """Write ``size`` pool rows drawn uniformly without replacement with ``seed``; -> its manifest.
 
     The draw is ``np.random.Generator(PCG64(SeedSequence([seed, RANDOM_STREAM]))).choice(N, size,
     replace=False)`` over the pool's rows in metadata order: the same pool and seed give the same subset.
     """
     t_start = time.time()
     pool, out = Path(pool), Path(out)
-    _check_out(out)
     parquets = list_parquets(pool)
     extra = dict(extra or {})
-    digest = _digest({"version": __version__, "sidecar_version": SIDECAR_VERSION, "recipe": name,
-                      "pool": str(pool.resolve()), "metadata": _fingerprint(parquets), "size": int(size),
-                      "seed": int(seed), "extra": extra})
-    old = _reusable(out, digest)
+    life = subset_output(out, {"version": __version__, "sidecar_version": SIDECAR_VERSION, "recipe": name,
+                               "pool": str(pool.resolve()), "size": int(size), "seed": int(seed), "extra": extra},
+                         {"metadata": files_digest(_fingerprint(parquets))}, overwrite)
+    old = life.begin()
     if old is not None:
         return old
     uids = np.concatenate(_pool_uids(parquets))
@@ -178,17 +149,15 @@ def random_subset(pool: str | os.PathLike, out: str | os.PathLike, size: int, se
         raise ConfigError(f"{pool}: {name}: cannot draw {size} of {n} rows")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), RANDOM_STREAM]))
     idx = rng.choice(n, size=int(size), replace=False)
-    return _write(out, uids[idx], name, pool, digest, n, len(parquets), t_start,
+    return _write(life, out, uids[idx], name, pool, n, len(parquets), t_start,
                   {"seed": int(seed), **extra})
 
 
 def random_basic_subset(pool: str | os.PathLike, out: str | os.PathLike, seed: int,
-                        basic: str | os.PathLike | None = None, workers: int = 2) -> dict[str, Any]:
+                        basic: str | os.PathLike | None = None, workers: int = 2, overwrite: bool = False) -> Manifest:
     """A random subset of the size of ``basic`` (the pool's ``basic_filter`` subset; default
     ``out``'s directory / ``basic_filter.npy``, computed there with the shipped recipe when
-    missing or out of date); -> sidecar."""
-    from .engine import run_filter
-
+    missing); -> its manifest."""
     out = Path(out)
     basic = Path(basic) if basic is not None else out.parent / "basic_filter.npy"
     if basic.resolve() == out.resolve():
@@ -197,14 +166,14 @@ def random_basic_subset(pool: str | os.PathLike, out: str | os.PathLike, seed: i
     size = len(read_subset(basic))
     basic_sha = hashlib.sha256(basic.read_bytes()).hexdigest()[:16]
     return random_subset(pool, out, size, seed, name="random_basic",
-                         extra={"basic_subset": str(basic), "basic_subset_sha256": basic_sha})
+                         extra={"basic_subset": str(basic), "basic_subset_sha256": basic_sha}, overwrite=overwrite)
 
 
 def build_reference_subset(name: str, pool: str | os.PathLike, out: str | os.PathLike, seed: int = 0,
-                           workers: int = 2) -> dict[str, Any]:
-    """Write the pseudo-recipe ``name``'s subset (see :data:`PSEUDO_RECIPES`); -> sidecar."""
+                           workers: int = 2, overwrite: bool = False) -> Manifest:
+    """Write the pseudo-recipe ``name``'s subset (see :data:`PSEUDO_RECIPES`); -> its manifest."""
     if name == "oracle":
-        return oracle_subset(pool, out)
+        return oracle_subset(pool, out, overwrite=overwrite)
     if name == "random_basic":
-        return random_basic_subset(pool, out, seed, workers=workers)
+        return random_basic_subset(pool, out, seed, workers=workers, overwrite=overwrite)
     raise ConfigError(f"unknown pseudo-recipe '{name}' (known: {', '.join(PSEUDO_RECIPES)})")

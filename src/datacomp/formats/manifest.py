@@ -37,6 +37,23 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
     created: float = field(default_factory=time.time)
+    reused: bool = field(default=False, compare=False)  # set by StageOutput.begin(); not written
+
+    # read like the JSON file it is written as: m["counts"], m.get("recipe"), "losses" in m
+    def __getitem__(self, key: str) -> Any:
+        d = self.to_json()
+        if key == "reused" and self.reused:
+            return True
+        return d[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.to_json() or (key == "reused" and self.reused)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,7 +97,12 @@ def write_manifest(out_dir: str | os.PathLike, manifest: Manifest) -> Path:
 
 
 def read_manifest(out_dir: str | os.PathLike) -> Manifest | None:
-    path = manifest_path(out_dir)
+    return read_manifest_file(manifest_path(out_dir))
+
+
+def read_manifest_file(path: str | os.PathLike) -> Manifest | None:
+    """The manifest in ``path`` (None when there is none); a corrupt one is a one-line FormatError."""
+    path = Path(path)
     if not path.is_file():
         return None
     try:
@@ -109,7 +131,7 @@ def check_reusable(out_dir: str | os.PathLike, stage: str, params: dict[str, Any
     existing = read_manifest(out_dir)
     if existing is None:
         return None
-    same = existing.stage == stage and _normalise(existing.params) == _normalise(params)
+    same = existing.stage == stage and canonical(existing.params) == canonical(params)
     if same and not overwrite:
         why = damaged_file(out_dir, existing.extra.get("files") or {})
         if why is None:
@@ -126,7 +148,8 @@ def check_reusable(out_dir: str | os.PathLike, stage: str, params: dict[str, Any
     return None
 
 
-def _normalise(obj: Any) -> Any:
+def canonical(obj: Any) -> Any:
+    """``obj`` as JSON gives it back (sorted keys, tuples as lists, paths as strings): parameters compare so."""
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 

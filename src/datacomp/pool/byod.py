@@ -34,13 +34,14 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ..errors import ConfigError, FormatError, InputError
+from ..errors import ConfigError, FormatError, InputError, StageConflictError
 from ..executors import Unit, run_units
 from ..formats.atomic import atomic_path, replaced_dir
-from ..formats.guard import check_apart, damaged_file, tree_records
-from ..formats.manifest import Manifest, read_manifest, write_manifest
+from ..formats.guard import check_apart, tree_records
+from ..formats.manifest import Manifest
 from ..formats.pool import POOL_COLUMNS, POOL_SCHEMA, write_metadata
 from ..formats.shards import IMAGE_EXTS, ShardWriter, check_losses, list_shards, losses_record, sample_key
+from ..formats.stage import StageOutput
 from ..formats.tar import LINK, TarSamples
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,16 @@ def byod_metadata(
         raise ConfigError(f"rows_per_file must be positive, got {rows_per_file}")
     files = _input_files(inputs)
     check_apart(mdir, {"table": files})
-    if mdir.is_dir() and any(mdir.iterdir()) and not overwrite:
-        raise InputError(f"{mdir}: already holds metadata; pass overwrite to replace it")
+    params = {"inputs": [str(f.resolve()) for f in files], "url_col": url_col, "text_col": text_col,
+              "rows_per_file": rows_per_file, "uid": "md5(text + url)"}
+    # the metadata is built beside the old one and swapped in: the old output stands until then
+    life = StageOutput(STAGE, pool, params, inputs={"tables": _fingerprints(files)}, overwrite=overwrite, replace="aside")
+    if (mdir.is_dir() and any(mdir.iterdir()) and not overwrite and life.read_manifest() is None
+            and life.read_pending() is None):
+        raise StageConflictError(f"{mdir}: already holds metadata that no byod run made; pass --overwrite to replace it")
+    done = life.begin()
+    if done is not None:
+        return done
     t0 = time.time()
     seen: set[str] = set()
     uids: list[str] = []
@@ -155,11 +164,12 @@ def byod_metadata(
             write_metadata(new / f"{i:08d}.parquet", _pool_table(uids[sl], urls[sl], texts[sl]))
     counts = {"input_rows": rows_in, "rows": n, "dropped_empty_url": dropped_empty, "dropped_duplicate_uid": dropped_dup,
               "metadata_files": n_files}
-    m = Manifest(stage=STAGE, params={"inputs": [str(f.resolve()) for f in files], "url_col": url_col,
-                                      "text_col": text_col, "rows_per_file": rows_per_file, "uid": "md5(text + url)"},
-                 counts=counts, timings={"total": round(time.time() - t0, 3)})
-    write_manifest(pool, m)
-    return m
+    return life.finish(Manifest(stage=STAGE, params=params, counts=counts, timings={"total": round(time.time() - t0, 3)}))
+
+
+def _fingerprints(files: list[Path]) -> list[str]:
+    """Name, size and modification time of each input table: a changed table is read again."""
+    return [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
 
 
 def _pool_table(uids, urls, texts, widths=None, heights=None, sha=None) -> pa.Table:
@@ -279,23 +289,12 @@ def byod_from_shards(
     check_apart(pool, {"shards": source})
     tars = list_shards(source / "shards" if (source / "shards").is_dir() else source)
     params = {"source": str(source.resolve()), "tars": [t.name for t in tars], "uid": "md5(text + url)"}
-    existing = read_manifest(pool)
-    if existing is not None:
-        same = existing.stage == STAGE and existing.params == json.loads(json.dumps(params))
-        why = damaged_file(pool, existing.extra.get("files") or {}) if same else None
-        if same and not overwrite and why is None:
-            check_losses(existing.extra.get("losses") or {}, strict)
-            return existing
-        if why is not None:
-            log.warning("%s: not reusing the finished byod pool: %s; running it again", pool, why)
-            overwrite = True
-        if not overwrite:
-            raise InputError(f"{pool}: already holds a pool; pass overwrite to replace it")
     work = pool / ".work-byod"
-    if overwrite:
-        for d in ("shards", "metadata", ".work-byod"):
-            shutil.rmtree(pool / d, ignore_errors=True)
-        (pool / "manifest.json").unlink(missing_ok=True)
+    life = StageOutput(STAGE, pool, params, overwrite=overwrite, owned=["shards", "metadata", work])
+    done = life.begin()  # other params on a finished or unfinished pool: StageConflictError
+    if done is not None:
+        check_losses(done.extra.get("losses") or {}, strict)
+        return done
     t0 = time.time()
     scan_units = [Unit(f"{i:08d}", (str(t), str(work / "scan" / f"{i:08d}.parquet"))) for i, t in enumerate(tars)]
     scans = run_units(scan_byod_unit, scan_units, work / "scan", workers=workers, executor=executor, desc="byod: scan")
@@ -332,7 +331,7 @@ def byod_from_shards(
     }
     m = Manifest(stage=STAGE, params=params, counts=counts, timings={"total": round(time.time() - t0, 3)},
                  extra={"losses": losses, "files": tree_records(pool, ["shards"])})  # not metadata/: embed adds to it
-    write_manifest(pool, m)
+    life.finish(m)
     shutil.rmtree(work, ignore_errors=True)
     return m
 

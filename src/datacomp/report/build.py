@@ -6,12 +6,20 @@ left there that this one did not write are removed. Every file is written atomic
 same inputs give byte-identical files (no dates, fixed order, fixed sampling).
 What is missing or unreadable in the inputs is listed on the page and returned as notes, one
 line each; the page holds everything the inputs do allow.
+
+The stage's lifecycle is :class:`datacomp.formats.stage.StageOutput`: its parameters are the work
+directories and the sample count, its input the state of every file under the work directories
+(name, size, mtime; the report directory itself excluded). Unchanged inputs reuse the finished
+report; changed ones rebuild it in place (files are replaced atomically, stale ones removed);
+a report directory built with other parameters is refused unless ``overwrite``.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +27,9 @@ import numpy as np
 
 from ..errors import ConfigError, DatacompError
 from ..formats.atomic import write_text
+from ..formats.guard import file_records
+from ..formats.manifest import Manifest
+from ..formats.stage import StageOutput
 from . import html as H
 from . import plots
 from .chance import chance_results
@@ -40,11 +51,23 @@ FUNNEL_TERMS = (
 )
 
 
-@dataclass
-class Report:
-    index: Path
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+STAGE = "report"
+
+
+class Report(Manifest):
+    """The report stage's manifest, read as what the page is: its index, notes and build time."""
+
+    @property
+    def index(self) -> Path:
+        return Path(self.extra["index"])
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self.extra.get("notes") or [])
+
+    @property
+    def seconds(self) -> float:
+        return float(self.timings.get("total", 0.0))
 
 
 class _Build:
@@ -311,12 +334,35 @@ def _remove_stale(out: Path, written: set[Path]) -> None:
                     p.unlink()
 
 
-def build_report(workdirs: list[str | Path], out: str | Path, n_samples: int = 8) -> Report:
-    """Build ``out/index.html`` from every run under ``workdirs``; -> its path and the notes."""
+def inputs_digest(workdirs: list[Path], out: Path) -> str:
+    """Name, size and mtime of every file under ``workdirs`` but ``out``: what the report reads from."""
+    h = hashlib.sha256()
+    skip = out.resolve()
+    for w in sorted(p.resolve() for p in workdirs):
+        for d, dirs, files in os.walk(w):
+            dirs[:] = sorted(x for x in dirs if Path(d, x).resolve() != skip)
+            for f in sorted(files):
+                try:
+                    st = os.stat(os.path.join(d, f))
+                except OSError:
+                    continue
+                h.update(f"{os.path.relpath(os.path.join(d, f), w)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def build_report(workdirs: list[str | Path], out: str | Path, n_samples: int = 8, overwrite: bool = False) -> Report:
+    """Build ``out/index.html`` from every run under ``workdirs``; -> its manifest (index, notes)."""
     t0 = time.time()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    coll = collect([Path(w) for w in workdirs])
+    dirs = [Path(w) for w in workdirs]
+    params = {"workdirs": [str(w.resolve()) for w in dirs], "samples": int(n_samples)}
+    life = StageOutput(STAGE, out, params, inputs={"tree": inputs_digest(dirs, out)}, overwrite=overwrite,
+                       replace="aside")
+    done = life.begin()
+    if done is not None:  # what is not the report's own is still removed
+        _remove_stale(out, {out / p for p in done.extra.get("files") or {}})
+        return Report(**{f.name: getattr(done, f.name) for f in fields(Manifest)})
+    coll = collect(dirs)
     b = _Build(out, n_samples)
     b.notes += coll.notes
     sections = [_experiment(b, e, i) for i, e in enumerate(coll.experiments)]
@@ -330,4 +376,9 @@ def build_report(workdirs: list[str | Path], out: str | Path, n_samples: int = 8
     write_text(index, H.page("DataComp report", lead, body))
     b.written.add(index)
     _remove_stale(out, b.written)
-    return Report(index=index, notes=b.notes, seconds=time.time() - t0)
+    rep = Report(stage=STAGE, params=params, counts={"experiments": len(coll.experiments), "files": len(b.written)},
+                 timings={"total": round(time.time() - t0, 3)},
+                 extra={"index": str(index), "notes": b.notes,
+                        "files": file_records(out, [str(p.relative_to(out)) for p in b.written])})
+    life.finish(rep)
+    return rep

@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 from .data import TrainData, find_train_data
-from .launch import (build_args, check_checkpoint, finish_run, load_model, parse_train_log, reference_scale_config,
-                     resolve_scale, slurm_script, train, train_command)
-from .models import load_open_clip, materialise
+from .launch import TrainConfig, train
+from .launchers import slurm_script, train_command
+from .models import check_checkpoint, load_model, load_open_clip, materialise
+from .monitor import parse_train_log
+from .protocol import build_args, reference_scale_config, resolve_scale
+from .rundir import finish_run
 
-__all__ = ["train", "load_model", "build_args", "train_command", "find_train_data", "TrainData", "load_open_clip",
-           "materialise", "parse_train_log", "reference_scale_config", "resolve_scale", "slurm_script", "check_checkpoint",
-           "finish_run"]
+__all__ = ["train", "TrainConfig", "load_model", "build_args", "train_command", "find_train_data", "TrainData",
+           "load_open_clip", "materialise", "parse_train_log", "reference_scale_config", "resolve_scale", "slurm_script",
+           "check_checkpoint", "finish_run"]

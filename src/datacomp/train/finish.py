@@ -1,7 +1,7 @@
 """``python -m datacomp.train.finish RUN``: complete a run trained outside ``datacomp train``.
 
 The last line of a generated Slurm script: after ``srun`` it writes the run's ``info.json`` /
-``info.pkl`` / ``model/`` weights / ``manifest.json`` (:func:`datacomp.train.launch.finish_run`).
+``info.pkl`` / ``model/`` weights / ``manifest.json`` (:func:`datacomp.train.rundir.finish_run`).
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 import sys
 
 from ..errors import DatacompError
-from .launch import finish_run
+from .rundir import finish_run
 
 
 def main(argv: list[str] | None = None) -> int:

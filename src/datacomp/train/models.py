@@ -8,10 +8,15 @@ std, interpolation, resize_mode, fill_color), and loads full-model weights from 
 ``local-dir:`` schema the ``pretrained=`` argument is ignored, so a training checkpoint stored
 elsewhere has to be loaded explicitly: :func:`load_open_clip` does that.
 
+:func:`load_model` loads a training run's model (its ``model/`` config and final checkpoint) for
+evaluation; :func:`cached_open_clip` is the per-process cache embedding workers use;
+:func:`read_state_dict` / :func:`check_checkpoint` check a checkpoint before anything is written.
+
 Bundled configs live in ``resources/models/<name>.json`` in exactly that file format.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -30,6 +35,7 @@ log = logging.getLogger(__name__)
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_pytorch_model.bin"  # a name open_clip's local-dir loader prefers
 LOCAL_DIR = "local-dir:"
+LATEST = "epoch_latest.pt"  # open_clip_train's most recent checkpoint, in RUN/checkpoints/
 
 
 def is_bundled(model: str) -> bool:
@@ -126,7 +132,8 @@ def load_open_clip(model: str, checkpoint: str | os.PathLike | None = None, devi
             if not (local / CONFIG_NAME).is_file():
                 raise InputError(f"{local / CONFIG_NAME}: open_clip model config does not exist")
             name = f"{LOCAL_DIR}{local}"
-            m, _, pre = open_clip.create_model_and_transforms(name, device=device, load_weights=checkpoint is None)
+            with _quiet_random_init() if checkpoint is not None else contextlib.nullcontext():
+                m, _, pre = open_clip.create_model_and_transforms(name, device=device, load_weights=checkpoint is None)
             if checkpoint is not None:
                 try:
                     open_clip.load_checkpoint(m, str(checkpoint))
@@ -166,3 +173,93 @@ def _is_tag(model: str, tag: str) -> bool:
 def cached_open_clip(model: str, checkpoint: str | None, device: str = "cpu") -> tuple[Any, Callable, Callable]:
     """Per-process cache of :func:`load_open_clip` (executor workers embed many shards with one model)."""
     return load_open_clip(model, checkpoint, device)
+
+
+class _DropRandomInitWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("no CLIP weights found" in msg or "initialized randomly" in msg)
+
+
+@contextlib.contextmanager
+def _quiet_random_init():
+    """open_clip warns that a model built without weights is random; the checkpoint comes right after."""
+    root = logging.getLogger()
+    f = _DropRandomInitWarnings()
+    root.addFilter(f)
+    try:
+        yield
+    finally:
+        root.removeFilter(f)
+
+
+def read_state_dict(ck: Path) -> dict[str, Any]:
+    """The model state dict of a torch checkpoint (``module.`` prefixes removed, tensors memory-mapped
+    where the format allows); a one-line InputError/FormatError for a missing or unreadable file."""
+    import torch
+
+    if not ck.is_file():
+        raise InputError(f"{ck}: checkpoint file does not exist")
+    try:
+        state = torch.load(ck, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        try:  # the legacy (non-zip) format cannot be memory-mapped
+            state = torch.load(ck, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise FormatError(f"{ck}: not a readable torch checkpoint ({type(e).__name__})") from None
+    sd = state.get("state_dict", state) if isinstance(state, dict) else None
+    if not isinstance(sd, dict) or not sd:
+        raise FormatError(f"{ck}: no model state dict in the checkpoint")
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+
+def check_checkpoint(checkpoint: str | os.PathLike, model_dir: str | os.PathLike) -> None:
+    """One-line :class:`InputError` unless ``checkpoint`` holds weights for the model in ``model_dir``
+    (same parameter names and shapes; the model is built on the meta device, no memory or time)."""
+    import torch
+
+    ck = Path(checkpoint)
+    sd = read_state_dict(ck)
+    import open_clip
+
+    with torch.device("meta"):
+        model = open_clip.create_model(f"{LOCAL_DIR}{model_dir}", load_weights=False, device="meta")
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(getattr(v, "shape", ())) for k, v in sd.items()}
+    name = json.loads((Path(model_dir) / CONFIG_NAME).read_text()).get("datacomp", {}).get("source", str(model_dir))
+    missing = sorted(set(want) - set(got))
+    bad = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+    if missing or bad:
+        what = (f"parameter {bad[0]} has shape {list(got[bad[0]])}, the model needs {list(want[bad[0]])}" if bad
+                else f"{len(missing)} parameter(s) missing, e.g. {missing[0]}")
+        raise InputError(f"{ck}: checkpoint is from another architecture than {name} ({what})")
+
+
+def load_model(run_dir: str | os.PathLike, device: str = "cpu",
+               checkpoint: str | os.PathLike | None = None) -> tuple[Any, Callable, Callable]:
+    """``(model.eval(), preprocess_val, tokenizer)`` of a finished training run (or any local-dir folder):
+    the one loader of a run, which evaluation uses (``datacomp.evaluate.model.default_loader``).
+
+    Uses ``run_dir/model/open_clip_config.json`` with ``checkpoint`` (default: the one named in
+    ``info.json``, else ``run_dir/checkpoints/epoch_latest.pt``, else the weights in ``model/``).
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise InputError(f"{run}: training run directory does not exist")
+    model_dir = run / "model" if (run / "model" / CONFIG_NAME).is_file() else run
+    if not (model_dir / CONFIG_NAME).is_file():
+        raise InputError(f"{run}: not a training run (no model/{CONFIG_NAME})")
+    read_open_clip_config(model_dir / CONFIG_NAME)  # checked here: open_clip's own errors name no file
+    if checkpoint is None:
+        info = run / "info.json"
+        cands = []
+        if info.is_file():
+            try:
+                cands.append(Path(json.loads(info.read_text())["checkpoint"]))
+            except (json.JSONDecodeError, KeyError):
+                pass
+        cands.append(run / "checkpoints" / LATEST)
+        checkpoint = next((c for c in cands if c.is_file()), None)
+        if checkpoint is None and not (model_dir / WEIGHTS_NAME).is_file():
+            raise InputError(f"{run}: no checkpoint (checkpoints/{LATEST} or model/{WEIGHTS_NAME})")
+    return load_open_clip(f"{LOCAL_DIR}{model_dir}", checkpoint, device)

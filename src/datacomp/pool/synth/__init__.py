@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from ...config import Scale
-from ...errors import ConfigError, StageConflictError
+from ...errors import ConfigError
 from ...executors import Unit, run_units
 from ...formats.atomic import write_json, write_text
 from ...formats.guard import tree_records
-from ...formats.manifest import MARKER_DIR, Manifest, check_reusable, clear_markers, write_manifest
+from ...formats.manifest import Manifest
+from ...formats.stage import StageOutput
 from .calibration import measure
 from .evalsuite import TASKS, classnames, evalsets_readme, task_sizes, write_task
 from .generate import pool_units_args, write_curated_shard, write_pool_shard
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 STAGE = "synth"
 WORLD_FIELDS = ("concepts", "shard_size", "curated_size", "eval_size", "retrieval_size")
 OUTPUT_DIRS = ("metadata", "shards", "truth", "curated", "evalsets")
-PARAMS_MARKER = "synth-params"
 
 
 def _world_cfg(scale: Scale) -> dict[str, Any]:
@@ -68,23 +67,10 @@ def synthesize(out: Path, scale: Scale, seed: int = 0, workers: int = 2, overwri
     noise = json.loads(json.dumps(load_noise()))  # plain JSON types: what workers and the manifest see
     params = {"scale": scale.name, "seed": int(seed), "pool_size": int(scale.pool_size), "world": world_cfg,
               "noise": noise, "data_digest": data_digest()}
-    existing = check_reusable(out, STAGE, params, overwrite)
+    life = StageOutput(STAGE, out, params, overwrite=overwrite, owned=OUTPUT_DIRS)
+    existing = life.begin()  # other params on a finished or unfinished output: StageConflictError
     if existing is not None:
-        log.info("%s: synth output with these parameters exists; reusing it", out)
         return existing
-    marker = out / MARKER_DIR / f"{PARAMS_MARKER}.json"
-    if marker.is_file() and not overwrite:
-        old = json.loads(marker.read_text())
-        if json.dumps(old, sort_keys=True) != json.dumps(params, sort_keys=True):
-            raise StageConflictError(f"{out}: holds a partial synth output made with other parameters; "
-                                     "pass --overwrite to replace it")
-    if overwrite:
-        clear_markers(out)
-        for d in OUTPUT_DIRS:
-            if (out / d).exists():
-                shutil.rmtree(out / d)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(marker, params)
     timings: dict[str, float] = {}
 
     # 1. eval suite (curated shards check their images against it)
@@ -142,7 +128,7 @@ def synthesize(out: Path, scale: Scale, seed: int = 0, workers: int = 2, overwri
                                "rows_per_second": round(n_rows / max(timings["shards"], 1e-9), 1),
                                # reuse checks these; not metadata/, to which embed adds npz keys and scores
                                "files": tree_records(out, [d for d in OUTPUT_DIRS if d != "metadata"])})
-    write_manifest(out, manifest)
+    life.finish(manifest)
     log.info("synth: %d rows in %.1fs; basic_filter keeps %.1f%%, English+length %.1f%%", n_rows, timings["total"],
              100 * measured["basic_filter"], 100 * measured["english_caption_len"])
     return manifest

@@ -1,0 +1,134 @@
+"""Download metadata: CommonPool's parquets (and npz) into ``POOL/metadata``, from local files or
+the DataComp repos on the Hugging Face hub; an existing ``POOL/metadata`` is replaced only on
+request, and then built beside the old one and swapped in."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow.parquet as pq
+
+from ..errors import ConfigError, InputError
+from ..formats.atomic import replaced_dir
+from ..formats.guard import check_apart
+
+log = logging.getLogger(__name__)
+
+HF_REPOS = {
+    "small": "mlfoundations/datacomp_small",
+    "medium": "mlfoundations/datacomp_medium",
+    "large": "mlfoundations/datacomp_large",
+    "xlarge": "mlfoundations/datacomp_xlarge",
+    "datacomp_1b": "mlfoundations/datacomp_1b",
+}
+
+
+def fetch_metadata(
+    pool: str | os.PathLike,
+    source: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    scale: str | None = None,
+    download_npz: bool = False,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Put metadata parquets (and npz) into ``POOL/metadata``.
+
+    ``source``: a directory of parquets, one parquet, or a list of paths (local). ``scale``
+    (without ``source``): the DataComp HF dataset repo of that scale, through
+    ``huggingface_hub.snapshot_download`` (needs network; never used by the tests, which fake it).
+    An existing ``POOL/metadata`` is kept unless ``overwrite`` (like the reference).
+    """
+    pool = Path(pool)
+    mdir = pool / "metadata"
+    if mdir.is_dir() and any(mdir.glob("*.parquet")) and not overwrite:
+        log.info("%s exists, keeping it (overwrite=True to replace)", mdir)
+        return sorted(mdir.glob("*.parquet"))
+    if source is None and scale is None:
+        raise ConfigError("download needs metadata: a local path (--metadata) or a scale (--scale) for the HF hub")
+    if source is not None:
+        files = _local_metadata_files(source)
+        check_apart(mdir, {"metadata": files})
+        with replaced_dir(mdir) as new:  # the old metadata goes only once the new is complete
+            for f in files:
+                _copy(f, new / f.name)
+                npz = f.with_suffix(".npz")
+                if npz.is_file():
+                    _copy(npz, new / npz.name)
+        return sorted(mdir.glob("*.parquet"))
+    return _hub_metadata(mdir, scale, download_npz)
+
+
+def _local_metadata_files(source) -> list[Path]:
+    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix == ".parquet" and not q.name.startswith("."))
+            if not found:
+                raise InputError(f"{p}: no .parquet metadata files")
+            files += found
+        elif p.is_file() and p.suffix == ".parquet":
+            files.append(p)
+        elif p.is_file() and p.suffix in (".txt", ".list"):  # a list of paths, one a line
+            files += _local_metadata_files([q.strip() for q in p.read_text().splitlines() if q.strip()])
+        else:
+            raise InputError(f"{p}: not a parquet file, a directory of them, or a .txt list of paths")
+    names = [f.name for f in files]
+    if len(set(names)) != len(names):
+        raise InputError("metadata files must have distinct names: " + ", ".join(sorted({n for n in names if names.count(n) > 1})))
+    for f in files:
+        try:
+            cols = pq.ParquetFile(f).schema_arrow.names
+        except Exception as e:  # pyarrow raises several types
+            raise InputError(f"{f}: cannot read parquet: {e}") from None
+        for c in ("uid", "url", "text"):
+            if c not in cols:
+                raise InputError(f"{f}: metadata has no '{c}' column (bring-your-own data: use datacomp.pool.byod)")
+    return files
+
+
+def _copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _hub_metadata(mdir: Path, scale: str, download_npz: bool) -> list[Path]:
+    if scale not in HF_REPOS:
+        raise ConfigError(f"no DataComp metadata repo for scale '{scale}' (choose {', '.join(HF_REPOS)})")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover
+        raise ConfigError("metadata from the hub needs huggingface_hub") from None
+    repo = HF_REPOS[scale]
+    hf_cache = mdir.parent / "hf"
+    tmp = mdir.parent / ".metadata.partial"
+    tmp.mkdir(parents=True, exist_ok=True)
+    patterns = ["*.parquet", "*/*.parquet"]
+    if download_npz:
+        patterns += ["*.npz", "*/*.npz"]
+    try:
+        snapshot_download(repo_id=repo, repo_type="dataset", allow_patterns=patterns,
+                          local_dir=str(tmp), cache_dir=str(hf_cache))
+    except Exception as e:  # network, auth, offline mode
+        raise InputError(f"{repo}: cannot fetch metadata from the Hugging Face hub: {e}") from None
+    # xlarge keeps files under part_*/: flatten into one directory
+    for p in sorted(tmp.rglob("*")):
+        if p.is_file() and p.suffix in (".parquet", ".npz") and p.parent != tmp:
+            target = tmp / p.name
+            if target.exists():
+                raise InputError(f"{repo}: two metadata files named {p.name}")
+            p.rename(target)
+    for d in sorted((q for q in tmp.iterdir() if q.is_dir()), reverse=True):
+        shutil.rmtree(d, ignore_errors=True)
+    if not any(tmp.glob("*.parquet")):
+        raise InputError(f"{repo}: no parquet files fetched")
+    if mdir.exists():
+        shutil.rmtree(mdir)
+    tmp.rename(mdir)
+    shutil.rmtree(hf_cache, ignore_errors=True)
+    return sorted(mdir.glob("*.parquet"))
