@@ -16,6 +16,7 @@ a report directory built with other parameters is refused unless ``overwrite``.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -334,8 +335,12 @@ def _remove_stale(out: Path, written: set[Path]) -> None:
                     p.unlink()
 
 
+SMALL_INPUT = 1 << 20  # bytes; larger inputs (shards, checkpoints) count by size and mtime
+
+
 def inputs_digest(workdirs: list[Path], out: Path) -> str:
-    """Name, size and mtime of every file under ``workdirs`` but ``out``: what the report reads from."""
+    """Every file under ``workdirs`` but ``out`` (what the report reads from): its name and content
+    (up to SMALL_INPUT bytes) or size and mtime (larger), run.json by its seed."""
     h = hashlib.sha256()
     skip = out.resolve()
     for w in sorted(p.resolve() for p in workdirs):
@@ -346,7 +351,21 @@ def inputs_digest(workdirs: list[Path], out: Path) -> str:
                     st = os.stat(os.path.join(d, f))
                 except OSError:
                     continue
-                h.update(f"{os.path.relpath(os.path.join(d, f), w)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+                rel = os.path.relpath(os.path.join(d, f), w)
+                if f == "run.json":  # rewritten by every run (its timings); the report reads its seed only
+                    try:
+                        seed = json.loads(Path(d, f).read_text()).get("seed")
+                    except (OSError, ValueError, AttributeError):
+                        seed = "unreadable"
+                    h.update(f"{rel}:seed={seed}\n".encode())
+                    continue
+                if st.st_size <= SMALL_INPUT:  # tables, manifests, eval results: by content, so a rewrite of the same bytes is no change
+                    try:
+                        h.update(f"{rel}:{hashlib.sha256(Path(d, f).read_bytes()).hexdigest()}\n".encode())
+                        continue
+                    except OSError:
+                        pass
+                h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
 

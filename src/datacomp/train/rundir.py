@@ -32,7 +32,7 @@ from ..errors import DatacompError, InputError
 from ..executors.children import LOCK_NAME
 from ..formats.atomic import write_bytes, write_json
 from ..formats.guard import file_records
-from ..formats.manifest import Manifest, manifest_digest
+from ..formats.manifest import Manifest, canonical, manifest_digest
 from ..formats.stage import StageOutput
 from . import models
 from .data import TrainData, find_train_data
@@ -45,8 +45,19 @@ LATEST = models.LATEST
 
 
 def run_output(out: Path, params: dict[str, Any], overwrite: bool = False) -> StageOutput:
-    """The lifecycle of run directory ``out`` (its lock file is not output)."""
-    return StageOutput("train", out, params, overwrite=overwrite, exclusive=True, keep=(LOCK_NAME,))
+    """The lifecycle of run directory ``out`` (its lock file is not output). A run directory without
+    its manifest and pending file whose ``train_args.json`` records these parameters (a finished run
+    that lost its manifest, or one trained by the Slurm script) is an unfinished run of them."""
+    life = StageOutput("train", out, params, overwrite=overwrite, exclusive=True, keep=(LOCK_NAME,))
+    ta = out / "train_args.json"
+    if not overwrite and ta.is_file() and not life.manifest_file.exists() and not life.pending_file.exists():
+        try:
+            recorded = json.loads(ta.read_text()).get("params")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if recorded is not None and canonical(recorded) == life.params:
+            write_json(life.pending_file, {"stage": "train", "params": life.params, "inputs": life.inputs})
+    return life
 
 
 def finish_run(out: str | os.PathLike) -> Manifest:
