@@ -9,7 +9,8 @@ line each; the page holds everything the inputs do allow.
 
 The stage's lifecycle is :class:`datacomp.formats.stage.StageOutput`: its parameters are the work
 directories and the sample count, its input the state of every file under the work directories
-(name, size, mtime; the report directory itself excluded). Unchanged inputs reuse the finished
+(small files by content, larger ones by size and mtime, run.json by its seed; the report
+directory itself excluded). Unchanged inputs reuse the finished
 report; changed ones rebuild it in place (files are replaced atomically, stale ones removed);
 a report directory built with other parameters is refused unless ``overwrite``.
 """
