@@ -1,6 +1,7 @@
 """The whole loop on the smallest embedded scale, asserting on the outputs' contents.
 
-One module-scoped `datacomp run` (synth_test: 2,400-row pool) feeds every test here: all eight
+One module-scoped `datacomp run` (synth_test: 2,400-row pool; synth and embed come from the
+session's shared world, conftest.synth_test_pool) feeds every test here: all eight
 shipped recipes are filtered and resharded, four of them (TRAINED) also trained and evaluated —
 training the other four would add ~2 minutes and test nothing new. A second test kills a run
 mid-way and checks that re-running reuses what was finished.
@@ -33,6 +34,7 @@ from datacomp.pool.synth.world import load_world
 from datacomp.reshard import reshard
 from datacomp.report.build import build_report
 from datacomp.run import run_loop
+from conftest import seed_workdir
 
 pytestmark = pytest.mark.slow
 RECIPES = ["no_filter", "basic_filter", "clip_score_l14_30", "clip_score_b32_30", "laion2b", "text_based",
@@ -44,8 +46,9 @@ SYNTH_TASKS = sorted(["synth/concepts", "synth/concepts_clutter", "synth/concept
 
 
 @pytest.fixture(scope="module")
-def loop(tmp_path_factory):
+def loop(tmp_path_factory, synth_test_pool):
     wd = tmp_path_factory.mktemp("loop")
+    seed_workdir(synth_test_pool, wd)  # the session's world: synth and embed are reused, the rest runs here
     rows = run_loop("synth_test", wd, recipes=TRAINED, seed=0, workers=2)
     shard_size = load_scale("synth_test").world["shard_size"]
     for r in RECIPES:  # the rest: filter + reshard, into the layout `datacomp run` uses
@@ -288,9 +291,10 @@ def test_rerun_reuses_everything_unchanged(loop):
     assert not changed, changed
 
 
-def test_killed_run_resumes(tmp_path):
+def test_killed_run_resumes(tmp_path, synth_test_pool):
     """Kill `datacomp run` while it trains the second recipe; the re-run reuses what was done."""
     wd = tmp_path / "w"
+    seed_workdir(synth_test_pool, wd)
     exe = [sys.executable, "-m", "datacomp.cli", "run", "--scale", "synth_test", "--workdir", str(wd),
            "--recipes", "no_filter,basic_filter"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
