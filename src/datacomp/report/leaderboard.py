@@ -179,9 +179,13 @@ def _reference_rows(scale: str, suite: str, track: str) -> list[dict[str, Any]]:
 
 
 def _sort_key(row: dict[str, Any]) -> tuple:
-    avg = row.get("average")
-    has = isinstance(avg, (int, float)) and not math.isnan(avg)
-    return (not has, -(avg if has else 0.0), KINDS.index(row["kind"]), row["recipe"], row.get("source") or "")
+    """By the average; rows without one after, by ImageNet (the released checkpoints' one figure)."""
+    def num(v: Any) -> float | None:
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) else None
+
+    avg, inet = num(row.get("average")), num(row.get("imagenet"))
+    return (avg is None, -(avg if avg is not None else inet if inet is not None else -1.0), KINDS.index(row["kind"]),
+            row["recipe"], row.get("source") or "")
 
 
 def _section_order(sections: dict[tuple[str, str], Section]) -> list[Section]:
@@ -221,13 +225,22 @@ def build_leaderboard(dirs: Sequence[str | Path], references: bool = True) -> Le
 # ---------------------------------------------------------------- output
 
 
+def _labels(suite: str) -> dict[str, str]:
+    """Group column labels, and the average named as the aggregate names it: "Average (38)"."""
+    from ..evaluate.registry import load_tasks
+
+    labels = group_labels(suite)
+    n = sum(1 for t in load_tasks(suite) if t.scored)
+    labels["average"] = f"Average ({n})" if suite == "datacomp" else f"Average ({n} tasks)"
+    return labels
+
+
 def _title(sec: Section) -> str:
-    avg = group_labels(sec.suite)["average"]
-    return f"scale {sec.scale} · {sec.track} track · ranked by {avg}"
+    return f"scale {sec.scale} · {sec.track} track · ranked by {_labels(sec.suite)['average']}"
 
 
 def _columns(sec: Section) -> list[tuple[str, str]]:
-    labels = group_labels(sec.suite)
+    labels = _labels(sec.suite)
     return ([("rank", "rank"), ("recipe", "recipe"), ("source", "from"), ("seeds", "seeds"), ("dataset_size", "size"),
              ("samples_seen", "samples seen")]
             + [(g, labels[GROUP_PREFIX + g]) for g in sec.groups]
