@@ -143,7 +143,7 @@ def test_fairness_tables_of_a_reference_line(tmp_path):
     assert t5["values"][1][FAIRFACE_RACES - 1] is None  # the empty group: NaN in the file
     assert t["toxicity_by_race"]["values"][1][0] == m["toxicity_nonhuman_race:0"]
     agg = aggregate_file(tmp_path / "r.jsonl")
-    assert agg["fairness"]["fairness/utkface"]["tables"]["gender_by_race"]["columns"][3] == "asian"
+    assert agg["fairness_tables"]["fairness/utkface"]["tables"]["gender_by_race"]["columns"][3] == "asian"
     json.dumps(agg, allow_nan=False)  # --json output holds no NaN
 
 
@@ -165,3 +165,18 @@ def test_our_fairness_metrics_have_the_reference_keys():
     crime = t["toxicity_by_race"]["values"][0]
     assert crime == pytest.approx([float(np.mean(preds[md[:, 2] == r, 3] >= 18)) for r in range(FAIRFACE_RACES)])
     assert not any(v is None or math.isnan(v) for row in t["race_gender_age"]["values"] for v in row)
+
+
+def test_embedded_suite_file(tmp_path, capsys):
+    import report_world as rw
+    from datacomp.evaluate.registry import load_tasks
+
+    rw.write_results(tmp_path, seed=0)
+    scored = [t for t in load_tasks("synth") if t.scored]
+    values = {t.key: 0.1 + 0.01 * j for j, t in enumerate(scored)}  # report_world's rule
+    assert main(["aggregate", str(tmp_path / "eval_results.jsonl")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith(f"synth suite, {len(scored)} of {len(scored)} scored tasks")
+    worst = fmean(values[t.key] for t in scored if t.group == "fairness")
+    assert f"Worst group: {worst:.3f}" in out
+    assert out[-1] == f"Average ({len(scored)} tasks): {fmean(values.values()):.3f}"

@@ -126,7 +126,7 @@ def aggregate_file(path: str | os.PathLike, suite: str | None = None, strict: bo
 
     Adds ``file``; ``lines`` (result lines read) and ``superseded`` (earlier lines of a task
     evaluated again: the latest counts); ``unscored`` (tasks outside the suite's scored set that
-    carry a main metric); ``fairness`` (the FairFace / UTKFace tables of the lines present,
+    carry a main metric); ``fairness_tables`` (the FairFace / UTKFace tables of the lines present,
     :mod:`datacomp.evaluate.fairness_tables`) and ``notes``: one line each for what would make
     the reference's ``aggregate_scores.py`` (which counts every line with a main metric and
     asserts 38) read the file differently, and for fairness lines that lack a table's keys.
@@ -167,7 +167,8 @@ def aggregate_file(path: str | os.PathLike, suite: str | None = None, strict: bo
                 if strict:
                     raise
                 notes.append(f"{e}; no fairness tables for it")
-    agg.update(file=str(p), lines=len(rows), superseded=superseded, unscored=unscored, fairness=fair, notes=notes)
+    agg.update(file=str(p), lines=len(rows), superseded=superseded, unscored=unscored, fairness_tables=fair,
+               notes=notes)
     return agg
 
 
@@ -186,6 +187,6 @@ def format_aggregate(agg: dict[str, Any]) -> str:
     if agg["missing"]:
         lines.append(f"missing ({len(agg['missing'])}): {', '.join(agg['missing'])}")
     lines += [f"note: {n}" for n in agg.get("notes", ())]
-    for key, f in agg.get("fairness", {}).items():
+    for key, f in agg.get("fairness_tables", {}).items():
         lines += ["", f"{f['dataset']} ({key})", format_tables(f["tables"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
