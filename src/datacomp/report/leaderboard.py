@@ -153,23 +153,22 @@ def _run_rows(exp: Experiment, notes: list[str], cache: dict[Path, dict[str, Any
     return out
 
 
-def _reference_rows(scale: str, suite: str, track: str) -> list[dict[str, Any]]:
+def _reference_rows(scale: str, suite: str, track: str, published: list, released: list) -> list[dict[str, Any]]:
     from ..evaluate.registry import load_tasks, suite_aggregates
-    from .published import load_published, load_released
 
     groups = list(suite_aggregates(suite))
     n38 = sum(1 for t in load_tasks("datacomp") if t.scored)
     seen = _scale_samples(scale)
     out = []
     base = {"scale": scale, "track": track, "suite": suite, "rank": None, "seeds": None, "samples_seen": seen}
-    for p in load_published():
+    for p in published:
         if p.scale != scale:
             continue
         vals = {"imagenet": p.imagenet, "dist_shift": p.imagenet_dist_shifts, "vtab": p.vtab, "retrieval": p.retrieval}
         out.append({**base, "kind": "paper", "recipe": p.recipe, "source": f"paper Table {p.table}: {p.baseline}",
                     "dataset_size": p.dataset_size, **{g: vals.get(g) for g in groups}, "average": p.avg38,
                     "n_tasks": n38 if p.avg38 is not None else None, "n_expected": n38, "date": None, "path": None})
-    for r in load_released():
+    for r in released:
         if r.scale != scale:
             continue
         out.append({**base, "kind": "released", "recipe": r.recipe, "source": f"released {r.model} {r.pretrained}",
@@ -210,9 +209,14 @@ def build_leaderboard(dirs: Sequence[str | Path], references: bool = True) -> Le
                              f"{row['scale']}; left out of the leaderboard")
                 continue
             sec.rows.append(row)
+    refs = [s for s in sections.values() if references and s.suite == "datacomp"]
+    if refs:
+        from .published import load_published, load_released
+
+        published, released = load_published(), load_released()
+        for sec in refs:
+            sec.rows += _reference_rows(sec.scale, sec.suite, sec.track, published, released)
     for sec in sections.values():
-        if references and sec.suite == "datacomp":
-            sec.rows += _reference_rows(sec.scale, sec.suite, sec.track)
         sec.rows.sort(key=_sort_key)
         rank = 0
         for r in sec.rows:
