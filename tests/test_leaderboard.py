@@ -131,3 +131,14 @@ def test_byod_track_and_missing_runs(tmp_path, capsys):
     assert [(s.scale, s.track) for s in board.sections] == [("synth_test", "byod")]
     assert any("empty" in n and "no runs found" in n for n in board.notes)
     assert "no evaluated runs found" in format_leaderboard(build_leaderboard([tmp_path / "empty"]))
+    # a run directory whose manifest is gone: the scale from its info.json, else 'unknown' with a note
+    lone = tmp_path / "lone"
+    for name, info in (("r1", {"scale": "synth_demo"}), ("r2", None)):
+        (lone / name).mkdir(parents=True)
+        rw.write_results(lone / name, seed=0)
+        if info:
+            (lone / name / "info.json").write_text(json.dumps(info))
+    board = build_leaderboard([lone])
+    assert [(s.scale, [r["recipe"] for r in s.rows]) for s in board.sections] == [("synth_demo", ["r1"]),
+                                                                                  ("unknown", ["r2"])]
+    assert any("r2" in n and "unknown" in n for n in board.notes)

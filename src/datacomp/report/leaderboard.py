@@ -4,7 +4,8 @@ Runs are found as the report finds them (:mod:`datacomp.report.collect`: ``datac
 directories, one seed or ``seed-N/``, and run directories holding ``eval_results.jsonl``). One
 row per recipe of a work directory (mean ± sample std over its seeds) or per run directory, with
 the suite's group scores, its average (the 38-task average, or the embedded suite's), how many
-scored tasks it rests on, the subset size, the samples seen and the date of the evaluation.
+scored tasks it rests on, the subset size, the samples seen and the date of the evaluation. The
+scale is the train manifest's (else the run's ``info.json``; else ``unknown``, with a note).
 
 Rows are grouped into sections by (scale, track) and ranked inside a section by the average;
 a row without an average (tasks missing) ranks last. The track is ``byod`` when the training data
@@ -84,6 +85,15 @@ def _track(run: Run, exp: Experiment, cache: dict[Path, dict[str, Any]]) -> str:
     return "byod" if any(_json(p / "manifest.json", cache).get("stage") == "byod" for p in pools) else "filtering"
 
 
+def _info_scale(runs: list[Run], cache: dict[Path, dict[str, Any]]) -> str | None:
+    """The scale the run directory's info.json names (``datacomp train`` writes it beside the manifest)."""
+    for r in runs:
+        scale = _json(r.run_dir / "info.json", cache).get("scale")
+        if isinstance(scale, str) and scale:
+            return scale
+    return None
+
+
 def _samples_seen(runs: list[Run], scale: str | None, cache: dict[Path, dict[str, Any]]) -> int | None:
     for r in runs:
         n = (_json(r.run_dir / "manifest.json", cache).get("counts") or {}).get("samples_seen")
@@ -127,7 +137,7 @@ def _run_rows(exp: Experiment, notes: list[str], cache: dict[Path, dict[str, Any
         runs = [r for r in exp.runs if r.recipe == row["recipe"]]
         if not runs:
             continue
-        scale = next((r.scale for r in runs if r.scale), None) or "unknown"
+        scale = next((r.scale for r in runs if r.scale), None) or _info_scale(runs, cache) or "unknown"
         tracks = {_track(r, exp, cache) for r in runs}
         suite = infer_suite(k["key"] for r in runs for k in r.results)
         scored = [t.key for t in load_tasks(suite) if t.scored]
