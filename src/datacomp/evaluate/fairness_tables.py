@@ -12,8 +12,8 @@ percentages with one decimal as the reference prints them:
   (``toxicity_<crime|nonhuman>_race:<r>``).
 
 A value the line holds as null or NaN (an empty group) stays None and prints ``NaN``, as pandas
-prints it; a key the line lacks is a FormatError naming the key. Lines written before the group
-names followed WILDS' order (``acc_gender_x_gender:<g>_race:<r>``) are read too.
+prints it; a key the line lacks is a FormatError naming the key. Our own lines written before
+the group names followed WILDS' order (they read ``acc_gender_x_gender:<g>_race:<r>``) are read too.
 """
 from __future__ import annotations
 
