@@ -142,6 +142,8 @@ def test_fairness_tables_of_a_reference_line(tmp_path):
     assert t5["values"][1][3] == m["acc_gender_x_race:3_gender:1"]  # female, latino
     assert t5["values"][1][FAIRFACE_RACES - 1] is None  # the empty group: NaN in the file
     assert t["toxicity_by_race"]["values"][1][0] == m["toxicity_nonhuman_race:0"]
+    legacy = {k.replace("acc_gender_x_race:3_gender:1", "acc_gender_x_gender:1_race:3"): v for k, v in m.items()}
+    assert fairness_tables(legacy, "fairness/fairface")["gender_by_race"]["values"][1][3] == m["acc_gender_x_race:3_gender:1"]
     agg = aggregate_file(tmp_path / "r.jsonl")
     assert agg["fairness_tables"]["fairness/utkface"]["tables"]["gender_by_race"]["columns"][3] == "asian"
     json.dumps(agg, allow_nan=False)  # --json output holds no NaN
