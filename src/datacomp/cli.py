@@ -243,6 +243,36 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_aggregate(a: argparse.Namespace) -> int:
+    from .evaluate.aggregate import aggregate_file, format_aggregate
+
+    aggs = [aggregate_file(Path(f), suite=a.suite, strict=a.strict) for f in a.results]
+    if a.json:
+        print(json.dumps(aggs, indent=2, allow_nan=False))
+    else:
+        print("\n".join(format_aggregate(g) for g in aggs), end="")
+    return 0
+
+
+def cmd_leaderboard(a: argparse.Namespace) -> int:
+    from .formats.atomic import write_text
+    from .report.leaderboard import build_leaderboard, format_leaderboard, write_html
+
+    board = build_leaderboard(a.dirs, references=not a.no_references)
+    for note in board.notes:
+        print(f"datacomp leaderboard: note: {note}", file=sys.stderr)
+    text = format_leaderboard(board, a.format)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        write_text(Path(a.out), text)
+        print(f"wrote {a.out}")
+    else:
+        print(text, end="")
+    if a.html:
+        print(f"wrote {write_html(board, a.dirs, Path(a.html))}")
+    return 0
+
+
 def cmd_info(a: argparse.Namespace) -> int:
     from .info import show
 
@@ -405,6 +435,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="directory for index.html, plots/ and samples/ (default FIRST_WORKDIR/report)")
     sp.add_argument("--samples", type=int, default=8, help="kept and dropped samples shown per recipe (default %(default)s)")
     sp.add_argument("--overwrite", action="store_true", help="replace an output made with other parameters")
+
+    sp = add("aggregate", cmd_aggregate, "suite scores of results files (ours or the reference's), as the reference's "
+                                         "aggregate_scores.py computes them, and the FairFace / UTKFace tables")
+    sp.add_argument("results", nargs="+", metavar="RESULTS.jsonl", help="eval_results.jsonl files")
+    sp.add_argument("--suite", choices=["datacomp", "synth"], help="task suite (default: the one the file's tasks belong to)")
+    sp.add_argument("--strict", action="store_true", help="refuse a file that lacks any of the suite's scored tasks")
+    sp.add_argument("--json", action="store_true", help="print the scores as JSON (a list, one object per file)")
+
+    sp = add("leaderboard", cmd_leaderboard, "every evaluated run under the given directories, ranked per scale and "
+                                             "track, beside the published baselines of the same scale")
+    sp.add_argument("dirs", nargs="+", metavar="DIR", help="work directories (datacomp run) or run directories")
+    sp.add_argument("--format", choices=["text", "md", "csv", "json"], default="text", help="output format (default %(default)s)")
+    sp.add_argument("--out", help="write the table to this file instead of standard output")
+    sp.add_argument("--html", metavar="DIR", help="also write DIR/index.html, a static page of the leaderboard")
+    sp.add_argument("--no-references", action="store_true", help="leave out the paper's and the released checkpoints' rows")
 
     sp = add("info", cmd_info, "show the bundled scales, tasks or recipes")
     sp.add_argument("what", choices=["scales", "tasks", "recipes"], help="what to list")

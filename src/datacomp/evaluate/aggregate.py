@@ -43,6 +43,11 @@ def _infer_suite(keys: Iterable[str]) -> str:
     return "datacomp" if counts["datacomp"] > counts["synth"] else "synth"
 
 
+def infer_suite(keys: Iterable[str]) -> str:
+    """The suite most of these task keys belong to ('datacomp' or 'synth')."""
+    return _infer_suite(keys)
+
+
 def aggregate(
     results: list[dict[str, Any]] | str | os.PathLike, suite: str | None = None, strict: bool = False
 ) -> dict[str, Any]:
@@ -114,3 +119,74 @@ def describe(agg: dict[str, Any]) -> list[tuple[str, str]]:
         else:
             out.append((label, "-"))
     return out
+
+
+def aggregate_file(path: str | os.PathLike, suite: str | None = None, strict: bool = False) -> dict[str, Any]:
+    """:func:`aggregate` of one results file (ours or the reference's) plus what ``datacomp aggregate`` shows.
+
+    Adds ``file``; ``lines`` (result lines read) and ``superseded`` (earlier lines of a task
+    evaluated again: the latest counts); ``unscored`` (tasks outside the suite's scored set that
+    carry a main metric); ``fairness_tables`` (the FairFace / UTKFace tables of the lines present,
+    :mod:`datacomp.evaluate.fairness_tables`) and ``notes``: one line each for what would make
+    the reference's ``aggregate_scores.py`` (which counts every line with a main metric and
+    asserts 38) read the file differently, and for fairness lines that lack a table's keys.
+    ``strict``: an InputError naming the file unless all scored tasks are present.
+    """
+    from ..errors import FormatError
+    from .fairness_tables import RACES, fairness_tables
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: results file does not exist" if not p.exists() else f"{p}: not a file")
+    rows = read_results(p)
+    if not rows:
+        raise FormatError(f"{p}: holds no results")
+    latest = latest_by_key(rows)
+    try:
+        agg = aggregate(list(latest.values()), suite=suite, strict=strict)
+    except InputError as e:
+        raise InputError(f"{p}: {e}") from None
+    scored = {t.key for t in load_tasks(agg["suite"]) if t.scored}
+    notes: list[str] = []
+    superseded = len(rows) - len(latest)
+    if superseded:
+        notes.append(f"{superseded} earlier line(s) of re-evaluated tasks superseded by later ones; the reference's "
+                     "aggregate_scores.py counts every line")
+    unscored = [k for k, r in latest.items() if k not in scored and r["metrics"].get("main_metric") is not None]
+    if unscored:
+        notes.append(f"{len(unscored)} task(s) outside the {agg['suite']} suite's scored set carry a main metric, not "
+                     f"averaged here (the reference's script would count them): {', '.join(unscored[:5])}"
+                     f"{'...' if len(unscored) > 5 else ''}")
+    fair: dict[str, Any] = {}
+    for key in RACES:
+        if key in latest:
+            try:
+                fair[key] = {"dataset": latest[key]["dataset"],
+                             "tables": fairness_tables(latest[key]["metrics"], key, f"{p}: {key}")}
+            except FormatError as e:
+                if strict:
+                    raise
+                notes.append(f"{e}; no fairness tables for it")
+    agg.update(file=str(p), lines=len(rows), superseded=superseded, unscored=unscored, fairness_tables=fair,
+               notes=notes)
+    return agg
+
+
+def format_aggregate(agg: dict[str, Any]) -> str:
+    """Text for one file: a header line, then ``<label>: <value>`` lines (for a complete datacomp
+    file exactly the lines the reference's aggregate_scores.py prints), the missing tasks, notes
+    and the fairness tables."""
+    from .fairness_tables import format_tables
+
+    lines = [f"{agg['file']}: {agg['suite']} suite, {agg['n_tasks']} of {agg['n_expected']} scored tasks"
+             + ("" if agg["complete"] else " (incomplete)")]
+    if agg["suite"] == "datacomp" and agg["complete"]:
+        lines += [f"{label}: {value:.3f}" for label, value in agg["reference"].items()]
+    else:
+        lines += [f"{label}: {value}" for label, value in describe(agg)]
+    if agg["missing"]:
+        lines.append(f"missing ({len(agg['missing'])}): {', '.join(agg['missing'])}")
+    lines += [f"note: {n}" for n in agg.get("notes", ())]
+    for key, f in agg.get("fairness_tables", {}).items():
+        lines += ["", f"{f['dataset']} ({key})", format_tables(f["tables"]).rstrip("\n")]
+    return "\n".join(lines) + "\n"

@@ -6,7 +6,7 @@ Jaccard); top-k and retrieval recall follow clip_benchmark's definitions.
 
 Group metrics follow WILDS' conventions, which the reference's evaluators use: a grouper over one
 or more integer metadata fields has ``prod(max(field) + 1)`` groups; a group's key string is
-``field:value`` joined by ``_`` (``region:3``, ``gender:0_race:1``); per group the metric is
+``field:value`` joined by ``_``, last grouped field first (``region:3``, ``race:1_gender:0``); per group the metric is
 ``<name>_<group>`` with ``count_<group>``; ``<name>_avg`` is the metric over all samples and
 ``<name>_wg`` the minimum over non-empty groups.
 """
@@ -93,13 +93,18 @@ def classification_metrics(
 
 
 class Grouper:
-    """WILDS' CombinatorialGrouper over integer metadata columns."""
+    """WILDS' CombinatorialGrouper over integer metadata columns.
+
+    As in WILDS, the grouped fields take the metadata's field order (the first has factor 1) and
+    a group's name lists them last field first: FairFace's gender x race groups are
+    ``race:<r>_gender:<g>``, the keys the reference's ``fairness_tables.py`` reads.
+    """
 
     def __init__(self, metadata: np.ndarray, fields: Sequence[str], by: Sequence[str]):
         metadata = np.asarray(metadata)
         if metadata.ndim != 2 or metadata.shape[1] != len(fields):
             raise ValueError(f"metadata has shape {metadata.shape}, expected (n, {len(fields)}) for fields {list(fields)}")
-        self.by = list(by)
+        self.by = sorted(by, key=list(fields).index)
         cols = [list(fields).index(f) for f in self.by]
         self.values = metadata[:, cols].astype(np.int64)
         self.cards = [int(self.values[:, j].max()) + 1 if len(self.values) else 0 for j in range(len(cols))]
@@ -111,7 +116,7 @@ class Grouper:
         return [(g // f) % c for f, c in zip(self.factors, self.cards)]
 
     def group_str(self, g: int) -> str:
-        return "_".join(f"{f}:{v}" for f, v in zip(self.by, self.group_values(g)))
+        return "_".join(f"{f}:{v}" for f, v in reversed(list(zip(self.by, self.group_values(g)))))
 
 
 def group_metrics(

@@ -89,3 +89,49 @@ def published_metric(scale: str, metric: str = "avg38", path: str | os.PathLike 
         scales = sorted({r.scale for r in load_published(path)})
         raise ConfigError(f"no published results for scale '{scale}' (known: {', '.join(scales)})")
     return {r.recipe: getattr(r, metric) for r in rows if getattr(r, metric) is not None}
+
+
+# ---------------------------------------------------------------- released checkpoints
+
+RELEASED_FIELDS = ("scale", "recipe", "model", "pretrained", "imagenet")
+
+
+@dataclass(frozen=True)
+class ReleasedRow:
+    """One released OpenCLIP checkpoint: the baseline it was trained on and its ImageNet top-1."""
+
+    scale: str
+    recipe: str
+    model: str
+    pretrained: str
+    imagenet: float
+
+
+def released_path() -> Path:
+    return resource_path("published", "released_checkpoints.yaml")
+
+
+def load_released(path: str | os.PathLike | None = None) -> list[ReleasedRow]:
+    """Every row of the released-checkpoints file (default: the bundled one), checked."""
+    path = Path(path) if path is not None else released_path()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: released-checkpoints file does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("rows"), list):
+        raise ConfigError(f"{path}: expected a mapping with a 'rows' list")
+    out: list[ReleasedRow] = []
+    for i, r in enumerate(raw["rows"], 1):
+        where = f"{path}: row {i}"
+        if not isinstance(r, dict) or sorted(r) != sorted(RELEASED_FIELDS):
+            raise ConfigError(f"{where}: expected exactly the fields {', '.join(RELEASED_FIELDS)}")
+        for f in RELEASED_FIELDS[:4]:
+            if not isinstance(r[f], str) or not r[f]:
+                raise ConfigError(f"{where}: '{f}' must be a non-empty string")
+        v = r["imagenet"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise ConfigError(f"{where}: 'imagenet' must be a number in [0, 1], got {v!r}")
+        out.append(ReleasedRow(**{f: r[f] for f in RELEASED_FIELDS[:4]}, imagenet=float(v)))
+    return out
