@@ -123,8 +123,18 @@ def cmd_reshard(a: argparse.Namespace) -> int:
     m = reshard(Path(a.pool), Path(a.subset), Path(a.out), shard_size=a.shard_size, workers=a.workers,
                 executor=a.executor, overwrite=a.overwrite, shuffle_bufsize=a.shuffle_bufsize, seed=a.seed,
                 apply_blur=a.apply_blur, reencode=a.reencode, quality=a.quality, allow_empty=a.allow_empty,
-                strict=a.strict)
-    print(json.dumps({"out": a.out, "counts": m.counts}, indent=2))
+                strict=a.strict, first_shard=a.first_shard, num_shards=a.num_shards,
+                include_unfinished=a.include_unfinished, inject_blur_metadata=a.inject_blur_metadata,
+                dry_run=a.dry_run)
+    summary: dict[str, Any] = {"out": a.out, "counts": m.counts}
+    skipped = m.extra.get("skipped_unfinished_shards") if m.extra.get("dry_run") else None
+    if m.extra.get("dry_run"):
+        summary["dry_run"] = True
+    elif m.counts.get("skipped_unfinished_shard_count"):
+        skipped = json.loads((Path(a.out) / "meta.json").read_text()).get("skipped_unfinished_shards")
+    if skipped:
+        summary["skipped_unfinished_shards"] = skipped
+    print(json.dumps(summary, indent=2))
     _warn_losses(m)
     return 0
 
@@ -309,6 +319,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quality", type=_count(1, 100), default=100, help="re-encoding quality of blurred images")
     sp.add_argument("--allow-empty", action="store_true", help="write an empty output for an empty subset")
     sp.add_argument("--strict", action="store_true", help="a damaged input shard is an error, not a warning")
+    sp.add_argument("--first-shard", type=_count(0), default=0,
+                    help="number of the first input shard to read, as the reference's --first-shard (default %(default)s)")
+    sp.add_argument("-n", "--num-shards", type=POSITIVE, default=None,
+                    help="read only the input shards numbered FIRST_SHARD..FIRST_SHARD+N-1, the reference's way to split "
+                         "a reshard over nodes: one output directory per node, train --data takes their parent "
+                         "(default: every shard from FIRST_SHARD on)")
+    sp.add_argument("--include-unfinished", action="store_true",
+                    help="also read input shards without _stats.json (default: skipped, counted and named, as the reference)")
+    sp.add_argument("--inject-blur-metadata", action="store_true",
+                    help="add face_bboxes from the pool's metadata to each output sample's json (default off)")
+    sp.add_argument("--dry-run", action="store_true",
+                    help="scan the input and print the counts the reshard would give; write nothing (default off)")
     sp.add_argument("--overwrite", action="store_true")
     workers(sp)
 
