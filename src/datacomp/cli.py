@@ -200,7 +200,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     config = TrainConfig(seed=a.seed, workers=a.workers, print_args=a.print_args, resume=a.resume, gpus=a.gpus,
                          nodes=a.nodes, accum_freq=a.accum_freq, data_weights=a.data_weights, precision=a.precision,
                          device=a.device, report_to=a.report_to, wandb_project=a.wandb_project, slurm=a.slurm,
-                         sbatch_options=a.sbatch or (), max_repeats=a.max_repeats, overwrite=a.overwrite)
+                         sbatch_options=a.sbatch or (), max_repeats=a.max_repeats, overwrite=a.overwrite,
+                         num_checkpoints=a.num_checkpoints, save_frequency=a.save_frequency,
+                         imagenet_val=a.imagenet_val, grad_clip_norm=a.grad_clip_norm,
+                         log_every_n_steps=a.log_every_n_steps)
     m = train(a.scale, data, Path(a.out), config)
     if not a.print_args and not a.slurm and m is not None:
         print(json.dumps({"run": a.out, "counts": m.counts, "timings": m.timings}, indent=2))
@@ -395,6 +398,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wandb-project", default=None, help="wandb project (default datanet, as the reference)")
     sp.add_argument("--max-repeats", type=float, default=10.0, help="warn when a sample will be seen more often than this")
     sp.add_argument("--overwrite", action="store_true", help="replace another run in --out")
+    # the reference train.py's flags, passed to open_clip as it passes them
+    sp.add_argument("--num-checkpoints", type=POSITIVE, default=None,
+                    help="epochs = checkpoints, each samples_seen / N samples; the reference lets it vary (its "
+                         "default 5, its Slurm script 8); samples seen stay fixed (default: the scale's)")
+    sp.add_argument("--save-frequency", type=_count(0), default=0,
+                    help="also keep epoch_N.pt every N epochs (default %(default)s: epoch_latest.pt and the final one)")
+    sp.add_argument("--imagenet-val", metavar="DIR",
+                    help="ImageNet val folder for open_clip's zero-shot check after each epoch; only logs (default none)")
+    sp.add_argument("--grad-clip-norm", type=float, default=None,
+                    help="clip the gradient norm; the reference's flag, not part of the protocol (default: no clipping)")
+    sp.add_argument("--log-every-n-steps", type=POSITIVE, default=None,
+                    help="open_clip's log interval in steps (default 100 as the reference; embedded scales steps/10)")
     workers(sp, default=1)
 
     sp = add("evaluate", cmd_evaluate, "evaluate a trained run on a downstream suite")
