@@ -232,7 +232,7 @@ def cmd_download_evalsets(a: argparse.Namespace) -> int:
     from .evaluate import download_evalsets
 
     tasks = a.tasks.split(",") if a.tasks else None
-    print(json.dumps(download_evalsets(Path(a.dest), tasks=tasks), indent=2, default=str))
+    print(json.dumps(download_evalsets(Path(a.dest), tasks=tasks, layout=a.layout), indent=2, default=str))
     return 0
 
 
@@ -423,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("download-evalsets", cmd_download_evalsets, "download the DataComp evaluation sets (needs network)")
     sp.add_argument("dest", help="directory to write the eval sets to")
     sp.add_argument("--tasks", help="comma-separated task keys (default: all 40)")
+    sp.add_argument("--layout", choices=["ours", "reference"], default="ours",
+                    help="task directory names: ours (<key, / -> ->) or reference (wds_<key>_test, what the "
+                         "reference's evaluate.py --data_dir reads); evaluate reads both (default %(default)s)")
 
     sp = add("run", cmd_run, "the whole loop for several recipes at one scale, over one or several seeds")
     sp.add_argument("--scale", required=True)
