@@ -265,10 +265,39 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 # ---- parser -------------------------------------------------------------------------------------
 
+LOOP_HELP = """\
+the loop (DataComp-CLIP):
+  download | byod  ->  embed  ->  filter  ->  reshard  ->  train  ->  evaluate  ->  report
+  (a real pool: CommonPool metadata + img2dataset shards, or your own data)
+  synth -> run: the same loop on the embedded world, offline on a laptop
+
+on real pools: download, download-retry, byod, embed --model, filter, reshard, train,
+  evaluate, download-evalsets, report, info
+embedded world only: synth, run, embed --teacher
+
+logging: -q warnings only (and no progress lines), -v debug for datacomp, -vv debug for
+  the libraries too. Python API: import datacomp; datacomp.filter(...), datacomp.reshard(...)
+  (docs/API.md)."""
+
+
+def log_levels(verbose: int, quiet: bool) -> tuple[int, int]:
+    """(datacomp's loggers, every other logger) for ``-v`` counts and ``-q``: by default ours at
+    INFO and the libraries' at WARNING; ``-v`` raises only ours to DEBUG, ``-vv`` the libraries too."""
+    if quiet:
+        return logging.WARNING, logging.WARNING
+    ours = logging.DEBUG if verbose >= 1 else logging.INFO
+    return ours, logging.DEBUG if verbose >= 2 else logging.WARNING
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="datacomp", description=__doc__)
+    p = _Parser(prog="datacomp", description=__doc__, epilog=LOOP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"datacomp {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-v", "--verbose", action="count", default=0,
+                      help="-v: debug messages of datacomp; -vv: of the libraries too (default: datacomp at info, "
+                           "libraries at warning)")
+    talk.add_argument("-q", "--quiet", action="store_true",
+                      help="warnings and errors only, no progress lines (DATACOMP_PROGRESS=0); results still print")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
@@ -486,8 +515,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.verb not in HUB_VERBS:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    ours, libraries = log_levels(a.verbose, a.quiet)
+    logging.basicConfig(level=libraries, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("datacomp").setLevel(ours)
+    if a.quiet:
+        os.environ["DATACOMP_PROGRESS"] = "0"
     previous = _interrupt_on_sigterm()
     try:
         return a.fn(a)
