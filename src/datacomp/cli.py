@@ -432,13 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="epochs = checkpoints, each samples_seen / N samples; the reference lets it vary (its "
                          "default 5, its Slurm script 8); samples seen stay fixed (default: the scale's)")
     sp.add_argument("--save-frequency", type=_count(0), default=0,
-                    help="also keep epoch_N.pt every N epochs (default %(default)s: epoch_latest.pt and the final one)")
+                    help="also keep epoch_N.pt every N epochs; the model is the same (default %(default)s: epoch_latest.pt "
+                         "and the final one)")
     sp.add_argument("--imagenet-val", metavar="DIR",
                     help="ImageNet val folder for open_clip's zero-shot check after each epoch; only logs (default none)")
     sp.add_argument("--grad-clip-norm", type=float, default=None,
                     help="clip the gradient norm; the reference's flag, not part of the protocol (default: no clipping)")
     sp.add_argument("--log-every-n-steps", type=POSITIVE, default=None,
-                    help="open_clip's log interval in steps (default 100 as the reference; embedded scales steps/10)")
+                    help="open_clip's log interval in steps; only logs (default 100 as the reference; embedded scales steps/10)")
     workers(sp, default=1)
 
     sp = add("evaluate", cmd_evaluate, "evaluate a trained run on a downstream suite")
