@@ -159,7 +159,7 @@ def test_corrupt_members_skipped(tmp_path: Path):
     trunc = pool / "shards" / "00000003.tar"
     trunc.write_bytes(trunc_src.read_bytes()[:2500])
     subset = _subset(tmp_path, list(images) + [_uid(99)])
-    m = reshard(pool, subset, tmp_path / "out", shard_size=100, workers=1)
+    m = reshard(pool, subset, tmp_path / "out", shard_size=100, workers=1, include_unfinished=True)
     c = m.counts
     assert c["json_without_uid_count"] == 3
     assert c["unsafe_member_count"] == 2
@@ -205,7 +205,7 @@ def test_long_member_names_use_tarfile_fallback(tmp_path: Path):
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
-    m = reshard(shards, _subset(tmp_path, [uid]), tmp_path / "out", workers=1)
+    m = reshard(shards, _subset(tmp_path, [uid]), tmp_path / "out", workers=1, include_unfinished=True)
     assert m.counts["output_count"] == 1
     assert _read_out(tmp_path / "out") == [(f"{uid}-0", {"jpg": b"IMG", "json": json.dumps({"uid": uid}).encode()})]
 

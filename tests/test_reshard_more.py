@@ -104,7 +104,7 @@ def test_damaged_pool_exact_content(tmp_path: Path):
     missing = [_uid(5000), _uid(5001)]
     chosen = uids[::2] + [uids[1]] * 3 + [bad_cut, bad_garbage, good, _uid(950), _uid(951)] + missing
     subset = _subset(tmp_path / "s.npy", chosen)
-    m = reshard(pool, subset, tmp_path / "out", shard_size=4, workers=1)
+    m = reshard(pool, subset, tmp_path / "out", shard_size=4, workers=1, include_unfinished=True)
     c = m.counts
     got = _read(tmp_path / "out")
     # exactly the expected samples, by content: input order, one per occurrence

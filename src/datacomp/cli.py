@@ -123,8 +123,18 @@ def cmd_reshard(a: argparse.Namespace) -> int:
     m = reshard(Path(a.pool), Path(a.subset), Path(a.out), shard_size=a.shard_size, workers=a.workers,
                 executor=a.executor, overwrite=a.overwrite, shuffle_bufsize=a.shuffle_bufsize, seed=a.seed,
                 apply_blur=a.apply_blur, reencode=a.reencode, quality=a.quality, allow_empty=a.allow_empty,
-                strict=a.strict)
-    print(json.dumps({"out": a.out, "counts": m.counts}, indent=2))
+                strict=a.strict, first_shard=a.first_shard, num_shards=a.num_shards,
+                include_unfinished=a.include_unfinished, inject_blur_metadata=a.inject_blur_metadata,
+                dry_run=a.dry_run)
+    summary: dict[str, Any] = {"out": a.out, "counts": m.counts}
+    skipped = m.extra.get("skipped_unfinished_shards") if m.extra.get("dry_run") else None
+    if m.extra.get("dry_run"):
+        summary["dry_run"] = True
+    elif m.counts.get("skipped_unfinished_shard_count"):
+        skipped = json.loads((Path(a.out) / "meta.json").read_text()).get("skipped_unfinished_shards")
+    if skipped:
+        summary["skipped_unfinished_shards"] = skipped
+    print(json.dumps(summary, indent=2))
     _warn_losses(m)
     return 0
 
@@ -190,7 +200,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     config = TrainConfig(seed=a.seed, workers=a.workers, print_args=a.print_args, resume=a.resume, gpus=a.gpus,
                          nodes=a.nodes, accum_freq=a.accum_freq, data_weights=a.data_weights, precision=a.precision,
                          device=a.device, report_to=a.report_to, wandb_project=a.wandb_project, slurm=a.slurm,
-                         sbatch_options=a.sbatch or (), max_repeats=a.max_repeats, overwrite=a.overwrite)
+                         sbatch_options=a.sbatch or (), max_repeats=a.max_repeats, overwrite=a.overwrite,
+                         num_checkpoints=a.num_checkpoints, save_frequency=a.save_frequency,
+                         imagenet_val=a.imagenet_val, grad_clip_norm=a.grad_clip_norm,
+                         log_every_n_steps=a.log_every_n_steps)
     m = train(a.scale, data, Path(a.out), config)
     if not a.print_args and not a.slurm and m is not None:
         print(json.dumps({"run": a.out, "counts": m.counts, "timings": m.timings}, indent=2))
@@ -219,7 +232,7 @@ def cmd_download_evalsets(a: argparse.Namespace) -> int:
     from .evaluate import download_evalsets
 
     tasks = a.tasks.split(",") if a.tasks else None
-    print(json.dumps(download_evalsets(Path(a.dest), tasks=tasks), indent=2, default=str))
+    print(json.dumps(download_evalsets(Path(a.dest), tasks=tasks, layout=a.layout), indent=2, default=str))
     return 0
 
 
@@ -282,10 +295,39 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 # ---- parser -------------------------------------------------------------------------------------
 
+LOOP_HELP = """\
+the loop (DataComp-CLIP):
+  download | byod  ->  embed  ->  filter  ->  reshard  ->  train  ->  evaluate  ->  report
+  (a real pool: CommonPool metadata + img2dataset shards, or your own data)
+  synth -> run: the same loop on the embedded world, offline on a laptop
+
+on real pools: download, download-retry, byod, embed --model, filter, reshard, train,
+  evaluate, download-evalsets, report, info
+embedded world only: synth, run, embed --teacher
+
+logging: -q warnings only (and no progress lines), -v debug for datacomp, -vv debug for
+  the libraries too. Python API: import datacomp; datacomp.filter(...), datacomp.reshard(...)
+  (docs/API.md)."""
+
+
+def log_levels(verbose: int, quiet: bool) -> tuple[int, int]:
+    """(datacomp's loggers, every other logger) for ``-v`` counts and ``-q``: by default ours at
+    INFO and the libraries' at WARNING; ``-v`` raises only ours to DEBUG, ``-vv`` the libraries too."""
+    if quiet:
+        return logging.WARNING, logging.WARNING
+    ours = logging.DEBUG if verbose >= 1 else logging.INFO
+    return ours, logging.DEBUG if verbose >= 2 else logging.WARNING
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="datacomp", description=__doc__)
+    p = _Parser(prog="datacomp", description=__doc__, epilog=LOOP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"datacomp {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-v", "--verbose", action="count", default=0,
+                      help="-v: debug messages of datacomp; -vv: of the libraries too (default: datacomp at info, "
+                           "libraries at warning)")
+    talk.add_argument("-q", "--quiet", action="store_true",
+                      help="warnings and errors only, no progress lines (DATACOMP_PROGRESS=0); results still print")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
@@ -339,6 +381,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quality", type=_count(1, 100), default=100, help="re-encoding quality of blurred images (default %(default)s)")
     sp.add_argument("--allow-empty", action="store_true", help="write an empty output for an empty subset")
     sp.add_argument("--strict", action="store_true", help="a damaged input shard is an error, not a warning")
+    sp.add_argument("--first-shard", type=_count(0), default=0,
+                    help="number of the first input shard to read, as the reference's --first-shard (default %(default)s)")
+    sp.add_argument("-n", "--num-shards", type=POSITIVE, default=None,
+                    help="read only the input shards numbered FIRST_SHARD..FIRST_SHARD+N-1, the reference's way to split "
+                         "a reshard over nodes: one output directory per node, train --data takes their parent "
+                         "(default: every shard from FIRST_SHARD on)")
+    sp.add_argument("--include-unfinished", action="store_true",
+                    help="also read input shards without _stats.json (default: skipped, counted and named, as the reference)")
+    sp.add_argument("--inject-blur-metadata", action="store_true",
+                    help="add face_bboxes from the pool's metadata to each output sample's json (default off)")
+    sp.add_argument("--dry-run", action="store_true",
+                    help="scan the input and print the counts the reshard would give; write nothing (default off)")
     sp.add_argument("--overwrite", action="store_true", help="replace an output made with other parameters")
     workers(sp)
 
@@ -403,6 +457,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wandb-project", default=None, help="wandb project (default datanet, as the reference)")
     sp.add_argument("--max-repeats", type=float, default=10.0, help="warn when a sample will be seen more often than this (default %(default)s)")
     sp.add_argument("--overwrite", action="store_true", help="replace another run in --out")
+    # the reference train.py's flags, passed to open_clip as it passes them
+    sp.add_argument("--num-checkpoints", type=POSITIVE, default=None,
+                    help="epochs = checkpoints, each samples_seen / N samples; the reference lets it vary (its "
+                         "default 5, its Slurm script 8); samples seen stay fixed (default: the scale's)")
+    sp.add_argument("--save-frequency", type=_count(0), default=0,
+                    help="also keep epoch_N.pt every N epochs; the model is the same (default %(default)s: epoch_latest.pt "
+                         "and the final one)")
+    sp.add_argument("--imagenet-val", metavar="DIR",
+                    help="ImageNet val folder for open_clip's zero-shot check after each epoch; only logs (default none)")
+    sp.add_argument("--grad-clip-norm", type=float, default=None,
+                    help="clip the gradient norm; the reference's flag, not part of the protocol (default: no clipping)")
+    sp.add_argument("--log-every-n-steps", type=POSITIVE, default=None,
+                    help="open_clip's log interval in steps; only logs (default 100 as the reference; embedded scales steps/10)")
     workers(sp, default=1)
 
     sp = add("evaluate", cmd_evaluate, "evaluate a trained run on a downstream suite")
@@ -416,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("download-evalsets", cmd_download_evalsets, "download the DataComp evaluation sets (needs network)")
     sp.add_argument("dest", help="directory to write the eval sets to")
     sp.add_argument("--tasks", help="comma-separated task keys (default: all 40)")
+    sp.add_argument("--layout", choices=["ours", "reference"], default="ours",
+                    help="task directory names: ours (<key, / -> ->) or reference (wds_<key>_test, what the "
+                         "reference's evaluate.py --data_dir reads); evaluate reads both (default %(default)s)")
 
     sp = add("run", cmd_run, "the whole loop for several recipes at one scale, over one or several seeds")
     sp.add_argument("--scale", required=True, help="scale name (datacomp info scales)")
@@ -491,8 +561,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.verb not in HUB_VERBS:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    ours, libraries = log_levels(a.verbose, a.quiet)
+    logging.basicConfig(level=libraries, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("datacomp").setLevel(ours)
+    if a.quiet:
+        os.environ["DATACOMP_PROGRESS"] = "0"
     previous = _interrupt_on_sigterm()
     try:
         return a.fn(a)

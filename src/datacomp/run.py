@@ -214,3 +214,7 @@ def run_loop(scale: str | Scale, workdir: Path, recipes: list[str], seed: int = 
              seeds: list[int] | None = None) -> list[dict[str, Any]]:
     """:func:`run_seeds` over ``seeds`` (default ``[seed]``); -> the table's rows (one per recipe)."""
     return run_seeds(scale, workdir, recipes, seeds if seeds is not None else [seed], workers=workers).rows
+
+from ._stage_module import make_callable  # noqa: E402
+
+make_callable(__name__, 'run_seeds')  # datacomp.run(...) calls run_seeds

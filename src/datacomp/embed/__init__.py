@@ -8,3 +8,7 @@ from .core import embed_shard, score_column
 from .stage import embed, stage_dir, teacher_dir, teacher_scale, train_teacher
 
 __all__ = ["embed", "embed_shard", "score_column", "stage_dir", "teacher_dir", "teacher_scale", "train_teacher"]
+
+from .._stage_module import make_callable  # noqa: E402
+
+make_callable(__name__, 'embed')  # datacomp.embed(...) calls embed

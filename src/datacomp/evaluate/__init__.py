@@ -30,3 +30,7 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+from .._stage_module import make_callable  # noqa: E402
+
+make_callable(__name__, 'evaluate')  # datacomp.evaluate(...) calls evaluate

@@ -8,6 +8,14 @@ Where each task comes from (DATACOMP.md §1.6, §5.1):
 - Flickr, MSCOCO, WinoGAViL: dataset repos ``nlphuji/<name>``; their parquet export
   (``refs/convert/parquet``) goes to ``DEST/<task-dir>/`` and is read by ``nlphuji.py``.
 
+``layout="reference"`` names the wds task directories as the reference's ``download_evalsets.py``
+does (``DEST/wds_<task, fairness/ dropped, '/' -> '-'>_test/``), the layout its ``evaluate.py
+--data_dir DEST`` reads. The reference loads the three ``nlphuji`` sets through ``datasets``
+into ``DEST/hf_cache/`` itself; we do not write a ``datasets`` cache (no ``datasets``
+dependency): they are stored as parquet in ``DEST/<task-dir>/`` in both layouts, and the
+reference's ``evaluate.py`` fetches them into ``hf_cache/`` on first use. Both layouts (and the
+reference's ``hf_cache/``) are read by ``open_evalset``.
+
 ``huggingface_hub`` does the transfer: partial files are kept under ``.incomplete`` names, files
 already present with the same ETag (LFS sha256) are not fetched again, so an interrupted download
 resumes. Nothing here runs when ``HF_HUB_OFFLINE`` is set: it refuses with one line instead.
@@ -39,14 +47,20 @@ def _hub():
     return huggingface_hub
 
 
+LAYOUTS = ("ours", "reference")
+
+
 def download_evalsets(
-    dest: str | os.PathLike, tasks: Iterable[str] | None = None, token: str | None = None
+    dest: str | os.PathLike, tasks: Iterable[str] | None = None, token: str | None = None, layout: str = "ours"
 ) -> dict[str, Any]:
-    """Download the eval sets of ``tasks`` (default: the 40 reference tasks) into ``dest``.
+    """Download the eval sets of ``tasks`` (default: the 40 reference tasks) into ``dest``;
+    ``layout``: ``ours`` (``<task-dir>/``) or ``reference`` (``wds_<...>_test/``, see the module doc).
 
     Returns ``{"dest", "downloaded": [keys], "report": check_evalsets-like entries}``. Raises
     InputError (one line) when offline, or when a task cannot be fetched.
     """
+    if layout not in LAYOUTS:
+        raise InputError(f"unknown eval-set layout '{layout}' (choose {' or '.join(LAYOUTS)})")
     dest = Path(dest)
     selected = [get_task(k) for k in tasks] if tasks is not None else load_tasks("datacomp")
     synth = [t.key for t in selected if t.suite == "synth"]
@@ -62,7 +76,7 @@ def download_evalsets(
     done, report = [], []
     for t in selected:
         try:
-            _DOWNLOADERS[source_of(t).name](hub, t, dest, token)
+            _DOWNLOADERS[source_of(t).name](hub, t, dest, token, layout)
         except DatacompError:
             raise
         except Exception as e:  # noqa: BLE001 - network / hub errors: one line naming the task
@@ -71,11 +85,11 @@ def download_evalsets(
         done.append(t.key)
         report.append({"key": t.key, "dir": str(es.root), "size": es.size, "expected_size": t.size})
         log.info("%s: %d samples in %s", t.key, es.size, es.root)
-    return {"dest": str(dest), "downloaded": done, "report": report}
+    return {"dest": str(dest), "layout": layout, "downloaded": done, "report": report}
 
 
-def _download_wds(hub, t: Task, dest: Path, token: str | None) -> None:
-    local = dest / t.dirname
+def _download_wds(hub, t: Task, dest: Path, token: str | None, layout: str = "ours") -> None:
+    local = dest / (t.reference_dirname if layout == "reference" else t.dirname)
 
     def get(name: str, required: bool = True) -> Path | None:
         try:
@@ -97,7 +111,7 @@ def _download_wds(hub, t: Task, dest: Path, token: str | None) -> None:
         get(f"test/{i}.tar")
 
 
-def _download_nlphuji(hub, t: Task, dest: Path, token: str | None) -> None:
+def _download_nlphuji(hub, t: Task, dest: Path, token: str | None, layout: str = "ours") -> None:
     hub.snapshot_download(repo_id=t.repo, repo_type="dataset", revision="refs/convert/parquet",
                           local_dir=str(dest / t.dirname), allow_patterns=["*.parquet", "**/*.parquet"], token=token)
 

@@ -52,12 +52,16 @@ SIDECAR_VERSION = 1  # the manifest's layout, part of the run's identity
 
 
 def pool_parquets(pool: str | os.PathLike) -> tuple[Path, list[Path]]:
-    """(pool root, sorted parquets). ``pool`` is a pool dir (with metadata/) or a dir of parquets."""
+    """(pool root, sorted parquets). ``pool`` is a pool dir (with metadata/) or a dir of parquets
+    (the reference's ``--metadata_dir``); a bare ``metadata/`` directory's parent is the root (its
+    ``targets/`` and score cache are the pool's)."""
     pool = Path(pool)
     if not pool.is_dir():
         raise InputError(f"{pool}: pool directory does not exist")
     if (pool / "metadata").is_dir():
         return pool, list_parquets(pool / "metadata")
+    if pool.name == "metadata":
+        return pool.parent, list_parquets(pool)
     return pool, list_parquets(pool)
 
 

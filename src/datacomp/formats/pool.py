@@ -201,8 +201,11 @@ def validate_pool(pool: str | os.PathLike, columns: Sequence[str] = ("uid",)) ->
 
     Every parquet must be readable and have ``columns``; every npz beside a parquet must have the
     parquet's row count in each array. Returns the parquet list. Reads footers and headers only.
+    ``pool`` is a pool directory or a bare directory of parquets (+ npz), as the reference's
+    ``--metadata_dir`` takes.
     """
-    require_pool_dir(pool)
+    if not Path(pool).is_dir() or (Path(pool) / "metadata").is_dir():
+        require_pool_dir(pool)
     parquets = list_parquets(pool)
     for p in parquets:
         try:

@@ -6,3 +6,7 @@ from .tables import (aggregate_seeds, csv_columns, format_csv, format_markdown, 
 
 __all__ = ["aggregate_seeds", "csv_columns", "format_csv", "format_markdown", "format_table", "per_seed_rows",
            "table_columns", "write_results_table"]
+
+from .._stage_module import make_callable  # noqa: E402
+
+make_callable(__name__, 'build_report', '.build')  # datacomp.report(...) calls build_report

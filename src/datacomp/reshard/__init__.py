@@ -63,3 +63,7 @@ from __future__ import annotations
 from .resharder import reshard
 
 __all__ = ["reshard"]
+
+from .._stage_module import make_callable  # noqa: E402
+
+make_callable(__name__, 'reshard')  # datacomp.reshard(...) calls reshard

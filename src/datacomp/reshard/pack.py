@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -122,8 +123,9 @@ def pack_unit(out_tar: str, segments: list[tuple[str, str, int, int]], options: 
 
     ``segments``: (input tar, scan parquet, first, end) emitted-index ranges within each input
     shard, written in order. ``options`` (optional): ``order`` — explicit [(segment, emitted
-    index)] sequence (a shuffled plan); ``bboxes`` — parquet of uid -> face_bboxes to blur, with
-    ``reencode``/``quality`` for the blurred image; ``compiled`` — see :func:`use_kernels`.
+    index)] sequence (a shuffled plan); ``bboxes`` — parquet of uid -> face_bboxes, blurred
+    (``blur``, default True, with ``reencode``/``quality`` for the blurred image) and/or added to
+    the sample's json as ``face_bboxes`` (``inject``); ``compiled`` — see :func:`use_kernels`.
     """
     opts = options or {}
     order = opts.get("order")
@@ -134,23 +136,27 @@ def pack_unit(out_tar: str, segments: list[tuple[str, str, int, int]], options: 
     count = None
     if boxes is None and order is None and use_kernels(opts.get("compiled")):
         count = _pack_compiled(out_tar, segments)
-    blurred = blur_failed = 0
+    done = {"blurred": 0, "blur_failed": 0, "injected": 0, "blur_seconds": 0.0}
     if count is None:
         tables = [_scan_table(scan, os.stat(scan).st_mtime_ns) for _, scan, _, _ in segments]
         if boxes is None:
             count = _pack_ranges(out_tar, segments, tables, order)
         else:
-            count, blurred, blur_failed = _pack_buffered(out_tar, segments, tables, order, boxes, opts)
+            count, _ = _pack_buffered(out_tar, segments, tables, order, boxes, opts, done)
     stats = Path(out_tar).with_name(Path(out_tar).stem + "_stats.json")
     with atomic_path(stats, suffix=".json") as tmp:  # no fsync: the completion marker is the commit point
         tmp.write_text(json.dumps({"successes": count}) + "\n")
-    return {"successes": count, "blurred": blurred, "blur_failed": blur_failed}
+    return {"successes": count, **done, "blur_seconds": round(done["blur_seconds"], 6)}
 
 
-def _pack_buffered(out_tar, segments, tables, order, boxes, opts) -> tuple[int, int, int]:
+def _pack_buffered(out_tar, segments, tables, order, boxes, opts, done: dict[str, Any] | None = None) -> tuple[int, dict]:
     """Pack through user space: each sample's members are read (several close samples in one
-    ``pread``) so that images can be blurred."""
-    count = blurred = blur_failed = 0
+    ``pread``) so that images can be blurred or their json given the face boxes; ``done``
+    receives the blurred / blur_failed / injected counts and the seconds spent blurring.
+    Returns (samples written, ``done``)."""
+    count = 0
+    done = {"blurred": 0, "blur_failed": 0, "injected": 0, "blur_seconds": 0.0} if done is None else done
+    blur, inject = opts.get("blur", True), opts.get("inject", False)
     fds: dict[int, int] = {}
     try:
         with FastTarWriter(out_tar) as w:
@@ -178,9 +184,14 @@ def _pack_buffered(out_tar, segments, tables, order, boxes, opts) -> tuple[int, 
                         chunk_mv, chunk_si, chunk_lo, chunk_hi = memoryview(chunk), si, lo, end
                     files = [(x, chunk_mv[o - chunk_lo : o - chunk_lo + z]) for x, o, z in zip(t.exts[r], offs, sizes)]
                     if boxes is not None and boxes.get(t.uids[r]):
-                        files, ok = _blur_sample(files, boxes[t.uids[r]], opts.get("reencode", "webp"), opts.get("quality", 100))
-                        blurred += ok
-                        blur_failed += not ok
+                        if blur:
+                            t0 = time.perf_counter()
+                            files, ok = _blur_sample(files, boxes[t.uids[r]], opts.get("reencode", "webp"), opts.get("quality", 100))
+                            done["blur_seconds"] += time.perf_counter() - t0
+                            done["blurred" if ok else "blur_failed"] += 1
+                        if inject:
+                            files, ok = _inject_bboxes(files, boxes[t.uids[r]])
+                            done["injected"] += ok
                     cached = (si, r)
                 uid = t.uids[r]
                 for j in range(j0, j0 + n):
@@ -189,7 +200,23 @@ def _pack_buffered(out_tar, segments, tables, order, boxes, opts) -> tuple[int, 
     finally:
         for fd in fds.values():
             os.close(fd)
-    return count, blurred, blur_failed
+    return count, done
+
+
+def _inject_bboxes(files, bboxes) -> tuple[list, bool]:
+    """The sample's json with ``face_bboxes`` (lists of floats) added, as the reference's
+    ``--inject-blur-metadata`` does; a json that is not an object is left as it is."""
+    for i, (ext, data) in enumerate(files):
+        if ext == "json":
+            try:
+                meta = json.loads(bytes(data))
+            except (ValueError, UnicodeDecodeError):
+                return files, False
+            if not isinstance(meta, dict):
+                return files, False
+            meta["face_bboxes"] = [[float(v) for v in box] for box in bboxes]
+            return files[:i] + [("json", json.dumps(meta).encode())] + files[i + 1 :], True
+    return files, False
 
 
 def _pack_ranges(out_tar, segments, tables, order) -> int:

@@ -21,7 +21,7 @@ from ..executors import Pass, Unit, run_pipelined, run_units
 from ..formats.atomic import atomic_path, file_sha256, write_json
 from ..formats.guard import check_apart, file_records
 from ..formats.manifest import MANIFEST_NAME, Manifest, check_reusable, manifest_digest, write_manifest
-from ..formats.shards import SHARD_FORMAT, check_losses, list_shards
+from ..formats.shards import SHARD_FORMAT, STATS_FORMAT, check_losses, list_shards, stats_path
 from ..formats.uids import read_subset
 from ..kernels import size_rule
 from .compiled import KERNEL_MIN, KERNELS, load_kernels
@@ -57,6 +57,33 @@ def _input_shards(pool: Path) -> list[Path]:
     return list_shards(d)
 
 
+def select_shards(shards: list[Path], first_shard: int = 0, num_shards: int | None = None) -> list[Path]:
+    """The input shards numbered ``first_shard`` .. ``first_shard + num_shards - 1`` (all from
+    ``first_shard`` on when ``num_shards`` is None), as the reference's ``--first-shard`` /
+    ``--num-shards`` pick them by the number in the name (``{:08d}.tar``); a tar whose name is
+    not a number is outside every range but the default one."""
+    if first_shard == 0 and num_shards is None:
+        return shards
+    if first_shard < 0 or (num_shards is not None and num_shards < 1):
+        raise ConfigError(f"first_shard must be >= 0 and num_shards >= 1, got {first_shard} and {num_shards}")
+    end = None if num_shards is None else first_shard + num_shards
+    picked = [p for p in shards if p.stem.isdigit() and int(p.stem) >= first_shard and (end is None or int(p.stem) < end)]
+    if not picked:
+        d = shards[0].parent if shards else "?"
+        raise InputError(f"{d}: no input shard numbered {first_shard}..{'' if end is None else end - 1}")
+    if end is not None and len(picked) < num_shards:
+        log.warning("%d of the %d shards numbered %d..%d are missing", num_shards - len(picked), num_shards,
+                    first_shard, end - 1)
+    return picked
+
+
+def split_unfinished(shards: list[Path]) -> tuple[list[Path], list[str]]:
+    """(shards with a ``_stats.json``, names of those without one). img2dataset writes the stats
+    file when a shard is complete, so the reference resharder skips a tar without one."""
+    have = [p for p in shards if stats_path(p).is_file()]
+    return have, [p.name for p in shards if not stats_path(p).is_file()]
+
+
 
 def _scan_weights(shards: list[Path]) -> tuple[dict[str, int], list[str]]:
     """Each input shard's sample count from its stats file (1 without one), and the shards
@@ -68,6 +95,58 @@ def _scan_weights(shards: list[Path]) -> tuple[dict[str, int], list[str]]:
             missing.append(p.name)
         weights[p.name] = max(1, int((st or {}).get("successes") or 1))
     return weights, missing
+
+
+def reference_meta(pool: Path, subset: Path, out: Path, params: dict[str, Any], workers: int, first_shard: int,
+                   num_shards: int | None, apply_blur: bool, inject: bool, quality: int, overwrite: bool) -> dict[str, str]:
+    """The reference resharder's arguments as its ``meta.json`` holds them (top level, every value
+    ``str()``-ed), so the reference's ``train.py`` and other readers of its output find them:
+    ``output_shard_format`` with ``output_shard_count`` names the shards."""
+    shards_dir = pool / "shards" if (pool / "shards").is_dir() else pool
+    ref = {
+        "input_dir": shards_dir.resolve(), "output_dir": out.resolve(), "subset_file": subset.resolve(),
+        "num_shards": num_shards, "first_shard": first_shard, "num_workers": workers,
+        "shard_size": params["shard_size"], "shard_format": SHARD_FORMAT, "output_shard_format": SHARD_FORMAT,
+        "shard_stats_format": STATS_FORMAT, "output_shard_stats_format": STATS_FORMAT,
+        "shard_table": "sizes.json", "write_shard_table": False,
+        "shuffle_bufsize": params.get("shuffle_bufsize", 0), "blur_metadata_map": None,
+        "apply_blur": apply_blur, "inject_blur_metadata": inject, "reencode_webp_quality": quality,
+        "dry_run": False, "overwrite": overwrite, "verbose": None, "quiet": None,
+    }
+    return {k: str(v) for k, v in ref.items()}
+
+
+def _dry_run(pool: Path, shards: list[Path], sub: np.ndarray, skipped: list[str], shard_size: int, workers: int,
+             executor: str, params: dict[str, Any]) -> Manifest:
+    """The reshard's counts without writing its output: the scan runs in a temporary directory."""
+    import tempfile
+
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="datacomp-reshard-dry-") as tmp:
+        work = Path(tmp)
+        ids_path = work / SAMPLE_IDS
+        np.save(ids_path, np.asarray(sub), allow_pickle=False)
+        weights, _ = _scan_weights(shards)
+        units = [Unit(p.stem, (str(p), str(ids_path), str(scan_path(work / "scan", p))), weights[p.name]) for p in shards]
+        scans = run_units(scan_unit, units, work / "scan", workers=workers,
+                          executor=_local_mode(executor, sum(weights.values()), SCAN_PARALLEL_MIN),
+                          desc="reshard --dry-run: scan", unit_label="samples")
+        found = found_counts(shards, work / "scan", np.load(ids_path, mmap_mode="r", allow_pickle=False))
+    total = int(sum(s["emitted"] for s in scans.values()))
+    counts = {
+        "input_shard_count": len(shards),
+        "subset_count": len(sub),
+        "subset_unique_uids": found["subset_unique_uids"],
+        "processed_count": int(sum(s["processed"] for s in scans.values())),
+        "output_count": total,
+        "output_shard_count": (total + shard_size - 1) // shard_size,
+        "missing_uid_count": found["missing_uids"],
+        "missing_subset_rows": len(sub) - found["found_rows"],
+        "skipped_unfinished_shard_count": len(skipped),
+    }
+    log.info("reshard --dry-run: would write %d samples in %d shards; nothing written", total, counts["output_shard_count"])
+    return Manifest(stage=STAGE, params=params, counts=counts, timings={"total": round(time.time() - t0, 3)},
+                    extra={"dry_run": True, "skipped_unfinished_shards": skipped})
 
 
 def _drop_stale_shards(out: Path, n_out: int) -> None:
@@ -144,6 +223,11 @@ def reshard(
     quality: int = 100,
     allow_empty: bool = False,
     strict: bool = False,
+    first_shard: int = 0,
+    num_shards: int | None = None,
+    include_unfinished: bool = False,
+    inject_blur_metadata: bool = False,
+    dry_run: bool = False,
 ) -> Manifest:
     """Write the subset's samples of ``pool`` (a pool dir with shards/, or a dir of tars) to ``out``.
 
@@ -164,7 +248,17 @@ def reshard(
         raise ConfigError(f"unknown re-encode format '{reencode}' (choose webp or jpg)")
     pool, subset, out = Path(pool), Path(subset), Path(out)
     check_apart(out, {"pool": pool, "subset": subset})
-    shards = _input_shards(pool)
+    shards = select_shards(_input_shards(pool), first_shard, num_shards)
+    skipped: list[str] = []
+    if not include_unfinished:
+        shards, skipped = split_unfinished(shards)
+        if skipped:
+            log.warning("%d input shards have no _stats.json (unfinished downloads) and are skipped: %s%s "
+                        "(include_unfinished / --include-unfinished reads them)", len(skipped),
+                        ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
+        if not shards:
+            raise InputError(f"{pool}: every input shard lacks its _stats.json (unfinished download); "
+                             "pass --include-unfinished to reshard them anyway")
     sub = read_subset(subset, mmap=True)  # validates dtype and order
     if len(sub) == 0 and not allow_empty:
         raise InputError(f"{subset}: the subset is empty; nothing to reshard (pass --allow-empty to write an empty output)")
@@ -180,8 +274,15 @@ def reshard(
         params.update(shuffle_bufsize=shuffle_bufsize, seed=seed)
     if apply_blur:
         params.update(apply_blur=True, reencode=reencode, quality=quality)
-        if not list((pool / "metadata").glob("*.parquet")):
-            raise InputError(f"{pool}: --apply-blur needs the pool's metadata/*.parquet (face_bboxes)")
+    if inject_blur_metadata:
+        params.update(inject_blur_metadata=True)
+    if (apply_blur or inject_blur_metadata) and not list((pool / "metadata").glob("*.parquet")):
+        flag = "--apply-blur" if apply_blur else "--inject-blur-metadata"
+        raise InputError(f"{pool}: {flag} needs the pool's metadata/*.parquet (face_bboxes)")
+    if include_unfinished:
+        params.update(include_unfinished=True)
+    if dry_run:
+        return _dry_run(pool, shards, sub, skipped, shard_size, workers, executor, params)
     existing = _open_output(out, params, overwrite)
     if existing is not None:
         check_losses(existing.extra.get("losses") or {}, strict)
@@ -200,6 +301,7 @@ def reshard(
     scan_dir, pack_dir = work / "scan", work / "pack"
     weights, missing_stats = _scan_weights(shards)
     n_in = sum(weights.values())
+    with_boxes = apply_blur or inject_blur_metadata
     # compiled kernels (see KERNEL_MIN): loaded here for threads, and worker processes are told
     compiled = bool(size_rule(n_in, KERNEL_MIN)) and KERNELS.available()
     units = [Unit(p.stem, (str(p), str(ids_path), str(scan_path(scan_dir, p))) + ((True,) if compiled else ()),
@@ -209,7 +311,7 @@ def reshard(
     # (~1-2 s each) would cost more than the GIL-held part of the scan gains from them.
     scan_mode = _local_mode(executor, n_in, SCAN_PARALLEL_MIN)
     t_overlap = 0.0  # time the pack ran alongside the scan
-    if (PIPELINE and workers >= 2 and not shuffle_bufsize and not apply_blur
+    if (PIPELINE and workers >= 2 and not shuffle_bufsize and not with_boxes
             and scan_mode == _local_mode(executor, max(n_in, n_subset), PACK_PARALLEL_MIN) == "threads"):
         # threads for both passes: pack each output shard as soon as the scans before it are done,
         # so the scan's Python overlaps the pack's in-kernel copying; the passes below then find
@@ -230,9 +332,9 @@ def reshard(
     emitted = [scans[p.stem]["emitted"] for p in shards]
     total = int(sum(emitted))
     options: dict[str, Any] = {"compiled": True} if compiled else {}
-    if apply_blur:
+    if with_boxes:
         options.update(bboxes=collect_bboxes(pool, [scan_path(scan_dir, p) for p in shards], work),
-                       reencode=reencode, quality=quality)
+                       blur=apply_blur, inject=inject_blur_metadata, reencode=reencode, quality=quality)
     packs = pack_units(shards, emitted, scan_dir, out, shard_size, options, shuffle_bufsize, seed)
     n_out = len(packs)
     # Packing is I/O: images are copied in the kernel, the GIL is held only for headers (~10 µs a
@@ -273,12 +375,20 @@ def reshard(
         "broken_image_count": int(sum(s.get("broken_images", 0) for s in scans.values())),
         "blur_count": int(sum(r.get("blurred", 0) for r in packed.values())),
         "blur_failed_count": int(sum(r.get("blur_failed", 0) for r in packed.values())),
+        "skipped_unfinished_shard_count": len(skipped),
     }
+    if inject_blur_metadata:
+        counts["injected_bbox_count"] = int(sum(r.get("injected", 0) for r in packed.values()))
     assert sum(r["successes"] for r in packed.values()) == total
     timings = {"scan": round(t_scan, 3), "write": round(t_pack, 3), "total": round(time.time() - t_start, 3)}
     meta = {
+        **reference_meta(pool, subset, out, params, workers, first_shard, num_shards, apply_blur,
+                         inject_blur_metadata, quality, overwrite),
+        "blur_time": round(float(sum(r.get("blur_seconds", 0.0) for r in packed.values())), 3),
+        "worker_success": max(1, min(workers, len(shards))),
         **counts,
         "args": {**params, "output_dir": str(out.resolve()), "workers": workers, "executor": executor},
+        "skipped_unfinished_shards": skipped,
         "shards_without_stats": missing_stats,
         "count_mismatches": mismatches,
         "corrupt_shards": corrupt_shards,

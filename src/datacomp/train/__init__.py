@@ -16,3 +16,7 @@ from .rundir import finish_run
 __all__ = ["train", "TrainConfig", "load_model", "build_args", "train_command", "find_train_data", "TrainData",
            "load_open_clip", "materialise", "parse_train_log", "reference_scale_config", "resolve_scale", "slurm_script",
            "check_checkpoint", "finish_run"]
+
+from .._stage_module import make_callable  # noqa: E402
+
+make_callable(__name__, 'train')  # datacomp.train(...) calls train

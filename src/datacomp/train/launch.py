@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import Scale
-from ..errors import ConfigError, DatacompError
+from ..errors import ConfigError, DatacompError, InputError
 from ..executors.children import dir_lock
 from ..formats.atomic import write_bytes, write_json
 from ..formats.guard import check_apart
@@ -58,6 +58,12 @@ class TrainConfig:
     slurm: str | os.PathLike | None = None
     sbatch_options: Sequence[str] = ()
     max_repeats: float | None = 10.0
+    # the reference train.py's flags (open_clip's meaning); None / 0 = the protocol as the scale has it
+    num_checkpoints: int | None = None  # epochs = checkpoints; samples seen stay the scale's (split evenly)
+    save_frequency: int = 0  # also keep epoch_N.pt every N epochs (0: only epoch_latest.pt and the final one)
+    imagenet_val: str | os.PathLike | None = None  # ImageNet val folder: open_clip's zero-shot check each epoch
+    grad_clip_norm: float | None = None  # clip the gradient norm (the protocol has no clipping)
+    log_every_n_steps: int | None = None  # open_clip's log interval (default 100; embedded scales steps/10)
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,27 @@ def _check_report_to(c: TrainConfig) -> None:
                 raise ConfigError(f"--report-to {c.report_to}: the '{mod}' package is not installed (pip install {mod})")
 
 
+def _reference_overrides(c: TrainConfig, s: Scale) -> Scale:
+    """Check the reference's train flags; ``num_checkpoints`` replaces the scale's (the reference
+    lets it vary: open_clip runs that many epochs of samples_seen / N samples each)."""
+    if c.num_checkpoints is not None:
+        if not isinstance(c.num_checkpoints, int) or c.num_checkpoints < 1:
+            raise ConfigError(f"--num-checkpoints must be a positive integer, got {c.num_checkpoints!r}")
+        if s.samples_seen // c.num_checkpoints < 1:
+            raise ConfigError(f"--num-checkpoints {c.num_checkpoints}: more checkpoints than the {s.samples_seen} "
+                              f"samples seen at scale '{s.name}'")
+        s = replace(s, num_checkpoints=c.num_checkpoints)
+    if not isinstance(c.save_frequency, int) or c.save_frequency < 0:
+        raise ConfigError(f"--save-frequency must be an integer >= 0, got {c.save_frequency!r}")
+    if c.grad_clip_norm is not None and not (float(c.grad_clip_norm) > 0 and float(c.grad_clip_norm) != float("inf")):
+        raise ConfigError(f"--grad-clip-norm must be a positive finite number, got {c.grad_clip_norm!r}")
+    if c.log_every_n_steps is not None and (not isinstance(c.log_every_n_steps, int) or c.log_every_n_steps < 1):
+        raise ConfigError(f"--log-every-n-steps must be a positive integer, got {c.log_every_n_steps!r}")
+    if c.imagenet_val is not None and not Path(c.imagenet_val).expanduser().is_dir():
+        raise InputError(f"{c.imagenet_val}: --imagenet-val needs an ImageNet validation folder (one sub-directory per class)")
+    return s
+
+
 def _summary(s: Scale, w: _World, accum_freq: int) -> str:
     per_gpu = s.batch_size // (w.size * accum_freq)
     return (f"# scale {s.name}: world size {w.size} = {w.nodes} node(s) x {w.gpus} GPU(s) (device {w.device}); per-GPU "
@@ -135,6 +162,7 @@ def train(scale: Scale | str, data: list[Path] | Path | str, out: Path | str, co
         raise TypeError(f"train() got unknown option(s) {', '.join(unknown)}")
     c = replace(config or TrainConfig(), **options)
     s = resolve_scale(scale)
+    s = _reference_overrides(c, s)
     out = Path(out).expanduser().resolve()
     srcs = sources_of(data)
     check_apart(out, {"data": srcs, "checkpoint": c.resume if c.resume and c.resume != "latest" else None})
@@ -158,7 +186,10 @@ def train(scale: Scale | str, data: list[Path] | Path | str, out: Path | str, co
                             src, r, c.max_repeats, s.name)
     args = build_args(s, tdata.pattern, out, seed=c.seed, workers=c.workers, world_size=w.size, accum_freq=c.accum_freq,
                       device=w.device, resume=c.resume or "latest", precision=c.precision, extra_args=c.extra_args,
-                      upsampling_factors=factors, report_to=c.report_to, wandb_project=c.wandb_project)
+                      upsampling_factors=factors, report_to=c.report_to, wandb_project=c.wandb_project,
+                      log_every_n_steps=c.log_every_n_steps, save_frequency=c.save_frequency,
+                      grad_clip_norm=c.grad_clip_norm,
+                      imagenet_val=str(Path(c.imagenet_val).expanduser().resolve()) if c.imagenet_val else None)
     summary = _summary(s, w, c.accum_freq)
     if c.print_args and not c.slurm:
         cmd = train_command(args, w.size, w.nodes)
@@ -178,6 +209,11 @@ def train(scale: Scale | str, data: list[Path] | Path | str, out: Path | str, co
         for shard in tdata.shards:
             check_tar_head(shard)
     params = run_params(s, tdata, c.seed, w.size, c.accum_freq, c.precision, c.extra_args, weights)
+    # options that change the model's bytes or the checkpoints kept (num_checkpoints is in the scale)
+    if c.grad_clip_norm is not None:
+        params["grad_clip_norm"] = float(c.grad_clip_norm)
+    if c.save_frequency:
+        params["save_frequency"] = int(c.save_frequency)
     with dir_lock(out, "train"):  # a second train on this run directory refuses, naming this pid
         done = run_output(out, params, c.overwrite).begin()  # other params: StageConflictError
         if done is not None:

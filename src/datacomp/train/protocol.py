@@ -40,12 +40,16 @@ def build_args(
     upsampling_factors: Sequence[float] | None = None,
     report_to: str | None = None,
     wandb_project: str | None = None,
+    save_frequency: int = 0,
+    grad_clip_norm: float | None = None,
+    imagenet_val: str | None = None,
 ) -> list[str]:
     """The ``open_clip_train.main`` arguments for ``scale`` (reference values, DATACOMP.md §1.5/§2).
 
     ``model_arg`` overrides ``--model`` (a bundled config is trained as ``local-dir:out/model``).
     On ``device='cpu'`` amp/fp16 precisions become fp32 (CPU autocast in fp16 is not supported)
-    and the multi-GPU flags are left out.
+    and the multi-GPU flags are left out. ``save_frequency``, ``grad_clip_norm``, ``imagenet_val``
+    and ``log_every_n_steps`` go to open_clip as the reference's train.py passes them.
     """
     s = resolve_scale(scale)
     out = Path(out)
@@ -62,7 +66,7 @@ def build_args(
     if upsampling_factors is not None and len(upsampling_factors) != train_data.count("::") + 1:
         raise ConfigError(f"{len(upsampling_factors)} upsampling factors for {train_data.count('::') + 1} '::'-separated data sources")
     args = [
-        "--save-frequency", "0",
+        "--save-frequency", str(int(save_frequency)),
         "--train-data", train_data,
         "--train-num-samples", str(s.samples_seen // s.num_checkpoints),
         "--epochs", str(s.num_checkpoints),
@@ -101,6 +105,10 @@ def build_args(
         args += ["--report-to", report_to]
         if "wandb" in report_to or report_to == "all":
             args += ["--wandb-project-name", wandb_project or "datanet"]
+    if imagenet_val:
+        args += ["--imagenet-val", str(imagenet_val)]
+    if grad_clip_norm is not None:
+        args += ["--grad-clip-norm", _fmt_num(grad_clip_norm)]
     if resume:
         args += ["--resume", str(resume)]
     if extra_args:

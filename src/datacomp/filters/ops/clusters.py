@@ -34,6 +34,7 @@ import pyarrow as pa
 from ...errors import FormatError, InputError
 from ...formats.atomic import atomic_path
 from ...formats.pool import npz_path, read_npz
+from ...formats.tensorfile import load_tensor_file
 from ..registry import GlobalOp, OpParamError, ShardContext, ShardOp, register
 
 BATCH = 8192
@@ -41,15 +42,15 @@ BATCH = 8192
 
 def load_matrix(path: str | Path, what: str) -> np.ndarray:
     """A 2-D float array from ``.npy``, ``.npz`` (its only key, or ``image_features``/``centroids``)
-    or a torch ``.pt`` (a tensor, or a dict with ``image_features``)."""
+    or a torch ``.pt`` (an array — the reference's centroid files —, a tensor, or a dict with
+    ``image_features``), read by ``formats.tensorfile``'s restricted unpickler."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise InputError(f"{path}: {what} file does not exist")
     try:
-        if path.suffix in (".pt", ".pth"):
-            import torch
-
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix in (".pt", ".pth", ".pkl"):
+            # the reference's {scale}_centroids_l14.pt is a pickled ndarray: read without running code
+            obj = load_tensor_file(path, what)
             if isinstance(obj, dict):
                 key = next((k for k in ("image_features", "centroids") if k in obj), None)
                 if key is None:
