@@ -153,3 +153,22 @@ def test_truncated_tar_is_a_format_error(tmp_path):
     (tmp_path / "cut.tar").write_bytes(data[:700])
     with pytest.raises(FormatError, match="cut.tar"):
         list(iter_samples(tmp_path / "cut.tar"))
+
+
+def test_link_file_is_atomic_and_leaves_no_temporary(tmp_path):
+    """link_file: dst gets src's bytes (a hard link); linking again onto the same file is a no-op that
+    leaves no temporary name (a rename of a hard link onto another of its names does nothing)."""
+    import os
+
+    from datacomp.formats.atomic import link_file
+
+    src, dst = tmp_path / "a.bin", tmp_path / "b.bin"
+    src.write_bytes(b"weights")
+    link_file(src, dst)
+    link_file(src, dst)
+    assert dst.read_bytes() == b"weights" and os.path.samefile(src, dst)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin"]
+    other = tmp_path / "c.bin"
+    other.write_bytes(b"new weights")
+    link_file(other, dst)  # a different file replaces it
+    assert dst.read_bytes() == b"new weights" and sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin", "c.bin"]

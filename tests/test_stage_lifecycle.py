@@ -200,7 +200,7 @@ def _report(tmp: Path, v: str, o: str, overwrite: bool):
 # stage -> (entry point, what to stop after begin(), lifecycle dir / manifest / pending name relative to o,
 #           replace mode)
 STAGES = {
-    "synth": (_synth, "datacomp.pool.synth.task_sizes", ".", "manifest.json", ".params.json", "clear"),
+    "synth": (_synth, "datacomp.pool.synth.task_sizes", ".", "manifest.json", ".params.json", "swap"),
     "embed": (_embed, "datacomp.train.models.cached_open_clip", "stages/embed", "stages/embed/manifest.json",
               ".params.json", "clear"),
     "filter": (_filter, "datacomp.filters.stage._global_steps", ".subset.npy.work", "subset.json", ".params.json",
@@ -221,12 +221,23 @@ def _begin(call, tmp: Path, v: str, o: str, overwrite: bool = False) -> None:
         call(tmp, v, o, overwrite)
 
 
+def _work(stage: str, tmp: Path, o: str) -> Path:
+    """Where an overwrite of ``o`` is being written: beside it for a swapping stage that found an output."""
+    swap = STAGES[stage][5] == "swap" and (tmp / f".{o}.swap-new").is_dir()
+    return tmp / (f".{o}.swap-new" if swap else o)
+
+
 def _finish_pending(stage: str, tmp: Path, o: str) -> dict:
     """Turn the unfinished output in ``o`` into a finished one, as the stage's finish() would."""
-    _, _, d, man, pend, _ = STAGES[stage]
-    pending = json.loads((tmp / o / d / pend).read_text())
-    life = StageOutput(stage, tmp / o / d, pending["params"], inputs=pending["inputs"], manifest=tmp / o / man,
-                       pending=pend)
+    _, _, d, man, pend, replace = STAGES[stage]
+    pending = json.loads((_work(stage, tmp, o) / d / pend).read_text())
+    if replace == "swap":
+        life = StageOutput(stage, tmp / o, pending["params"], inputs=pending["inputs"], replace="swap")
+        if _work(stage, tmp, o) != tmp / o:
+            life._retarget(_work(stage, tmp, o))  # as begin() left it: finish() swaps the new output in
+    else:
+        life = StageOutput(stage, tmp / o / d, pending["params"], inputs=pending["inputs"], manifest=tmp / o / man,
+                           pending=pend)
     extra: dict = {}
     if stage == "evaluate":  # a finished evaluation lists its tasks, whose lines are in the results file
         from datacomp.formats.results import append_result
@@ -258,11 +269,14 @@ def test_conflict_rule_per_stage(stage: str, tmp_path: Path, monkeypatch):
     assert "\n" not in msg and f"holds a finished '{stage}' output made with other parameters" in msg
     assert str(tmp_path / "o") in msg and "--overwrite" in msg
     assert (tmp_path / "o" / man).read_bytes() == before
-    # --overwrite: replaced (the old manifest goes at once, or, written aside, when the new one is done)
+    # --overwrite: replaced (the old manifest goes at once, or, written aside or beside, when the new one is done)
     _begin(call, tmp_path, "b", "o", overwrite=True)
-    assert (tmp_path / "o" / man).exists() == (replace == "aside")
+    assert (tmp_path / "o" / man).exists() == (replace in ("aside", "swap"))
+    if replace == "swap":  # the old output untouched; the new one is built in the sibling
+        assert (tmp_path / "o" / man).read_bytes() == before and (tmp_path / ".o.swap-new" / pend).is_file()
     params_b = _finish_pending(stage, tmp_path, "o")
     assert params_b != params_a and call(tmp_path, "b", "o", False).reused
+    assert not list(tmp_path.glob(".o.swap-*"))
     # an unfinished output (a finished unit in it) made with other parameters -> refused too
     _begin(call, tmp_path, "b", "p")
     pending_b = json.loads((tmp_path / "p" / d / pend).read_text())["params"]
@@ -270,6 +284,6 @@ def test_conflict_rule_per_stage(stage: str, tmp_path: Path, monkeypatch):
     with pytest.raises(StageConflictError, match=f"holds an unfinished '{stage}' output made with other parameters"):
         call(tmp_path, "a", "p", False)
     _begin(call, tmp_path, "a", "p", overwrite=True)
-    pending_a = json.loads((tmp_path / "p" / d / pend).read_text())["params"]
+    pending_a = json.loads((_work(stage, tmp_path, "p") / d / pend).read_text())["params"]
     assert pending_a != pending_b and params_diff(pending_a, pending_b) == params_diff(params_a, params_b)
-    assert read_marker(tmp_path / "p" / d, "unit-0") is None
+    assert read_marker(_work(stage, tmp_path, "p") / d, "unit-0") is None

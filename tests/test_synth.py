@@ -318,6 +318,39 @@ def test_reuse_conflict_and_overwrite(tmp_path):
     assert m3.params["seed"] == 1 and read_manifest(out).params["seed"] == 1
 
 
+def test_overwrite_builds_beside_the_old_pool(tmp_path, monkeypatch):
+    """--overwrite writes the new world beside the old one and swaps it in when complete: a failed
+    overwrite leaves the old pool byte for byte; other stages' files in the pool stay."""
+    import datacomp.pool.synth as synth_mod
+
+    scale = mini_scale()
+    out = tmp_path / "pool"
+    synthesize(out, scale, seed=0, workers=1)
+    (out / "stages" / "embed").mkdir(parents=True)
+    (out / "stages" / "embed" / "manifest.json").write_text("{}")  # another stage's output in the pool
+    before = _bytes_of(out)
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(synth_mod, "measure", boom)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        synthesize(out, scale, seed=1, workers=1, overwrite=True)
+    assert (tmp_path / ".pool.swap-new").is_dir() and _bytes_of(out) == before
+    assert synthesize(out, scale, seed=0, workers=1).reused  # the old pool, reused; the half-built one dropped
+    assert not list(tmp_path.glob(".pool.swap-*")) and _bytes_of(out) == before
+    monkeypatch.undo()
+    synthesize(out, scale, seed=1, workers=1, overwrite=True)
+    assert read_manifest(out).params["seed"] == 1 and not list(tmp_path.glob(".pool.swap-*"))
+    assert (out / "stages" / "embed" / "manifest.json").read_text() == "{}"
+    seed1 = _bytes_of(out)
+    # a swap cut between its two renames (old moved aside, new not yet in place): the old one comes back
+    out.rename(tmp_path / ".pool.swap-old")
+    (tmp_path / ".pool.swap-new").mkdir()
+    assert synthesize(out, scale, seed=1, workers=1).reused and _bytes_of(out) == seed1
+    assert not list(tmp_path.glob(".pool.swap-*"))
+
+
 def test_rejects_non_embedded_scale(tmp_path):
     from datacomp.errors import ConfigError
 

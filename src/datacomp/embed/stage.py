@@ -27,7 +27,7 @@ import numpy as np
 from ..config import Scale, load_scale
 from ..errors import ConfigError, InputError
 from ..executors import Unit, run_units
-from ..formats.atomic import atomic_path, file_sha256, sweep_temps, write_json
+from ..formats.atomic import atomic_path, file_sha256, link_file, sweep_temps, write_json
 from ..formats.manifest import Manifest, manifest_digest, mark_done, marker_path, read_manifest, read_marker
 from ..formats.stage import StageOutput
 from ..formats.pool import list_parquets, parquet_num_rows, require_pool_dir
@@ -109,15 +109,7 @@ def train_teacher(pool: Path, s: Scale, key: str, seed: int = 0, overwrite: bool
     man = launch.train(ts, curated, dest / "run", seed=seed, workers=workers, overwrite=overwrite, device="cpu" if s.embedded else None)
     run_model = dest / "run" / "model"
     shutil.copyfile(run_model / models.CONFIG_NAME, dest / models.CONFIG_NAME)
-    weights = dest / models.WEIGHTS_NAME
-    tmp = dest / f".{models.WEIGHTS_NAME}.tmp"
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(run_model / models.WEIGHTS_NAME, tmp)
-    except OSError:
-        shutil.copyfile(run_model / models.WEIGHTS_NAME, tmp)
-    os.replace(tmp, weights)
+    link_file(run_model / models.WEIGHTS_NAME, dest / models.WEIGHTS_NAME)
     anchors = s.teachers[key].get("score_scale")
     info = {"key": key, "model": ts.model, "samples_seen": ts.samples_seen, "batch_size": ts.batch_size, "lr": ts.lr,
             "warmup": ts.warmup, "seed": seed, "train_s": man.timings.get("train_s"), "cpu_s": man.timings.get("cpu_s"), "final_loss": man.extra.get("final_loss"),

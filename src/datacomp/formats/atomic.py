@@ -71,6 +71,24 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def link_file(src: str | os.PathLike, dst: str | os.PathLike, copy: bool = True) -> None:
+    """``dst`` holds ``src``'s bytes, atomically: a hard link (no copy of a large checkpoint), else
+    a copy (``copy=False``: the link's OSError is raised instead). Nothing to do when ``dst``
+    already is ``src`` — renaming a hard link onto another name of the same file does nothing, and
+    would leave the temporary name behind."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and os.path.samefile(src, dst):
+        return
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            if not copy:
+                raise
+            shutil.copyfile(src, tmp)
+
+
 _TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp|new)(\..*)?$")  # what atomic_path / replaced_dir name
 
 

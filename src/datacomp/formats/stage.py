@@ -31,7 +31,14 @@ steps::
   not. ``replace="clear"`` (the default) removes the manifest, the markers, the pending file and
   the stage's ``owned`` paths before the run; ``replace="aside"`` is for stages that write every output beside the old one and swap it in
   (an atomic subset file, a ``replaced_dir``): the old manifest stays until ``finish`` replaces
-  it, so a crash in between leaves the old output complete and reusable.
+  it, so a crash in between leaves the old output complete and reusable. ``replace="swap"`` is
+  for stages that write a whole directory: over an existing output the run builds a fresh one in
+  the sibling ``.NAME.swap-new`` (``life.dir`` points there once ``begin()`` returns: the stage
+  writes under ``life.dir``, never under the path it was given), and ``finish`` moves into it
+  what of the old directory is not this stage's (other stages' outputs, as "clear" would leave
+  them), then swaps the two with renames and removes the old one. A failed or killed overwrite
+  leaves the old output as it was; the next run drops the half-built sibling (and completes or
+  undoes a swap cut between its two renames).
 
 ``begin()`` then writes the pending-parameters file (atomically) before any unit runs, so a
 killed run is recognised as "unfinished, these parameters" by the next one. ``finish(manifest)``
@@ -115,10 +122,13 @@ class StageOutput:
                  owned: Iterable[str | os.PathLike] = (), replace: str = "clear", exclusive: bool = False,
                  keep: Iterable[str] = (), pending: str = PENDING_NAME, where: str | os.PathLike | None = None,
                  follows: Iterable[str] = ()) -> None:
-        if replace not in ("clear", "aside"):
-            raise ValueError(f"replace must be 'clear' or 'aside', not {replace!r}")
+        if replace not in ("clear", "aside", "swap"):
+            raise ValueError(f"replace must be 'clear', 'aside' or 'swap', not {replace!r}")
+        if replace == "swap" and manifest is not None:
+            raise ValueError("replace='swap' keeps the manifest in the output directory")
         self.stage = stage
         self.dir = Path(out_dir)
+        self.target = self.dir  # where the output ends up; self.dir is where it is written (they differ in a swap)
         self.params = canonical(params)
         self.inputs = canonical(inputs or {})
         self.overwrite = overwrite
@@ -135,6 +145,35 @@ class StageOutput:
         self.previous: Manifest | None = None  # the manifest found by begin(), whatever became of it
 
     # ---- paths -----------------------------------------------------------------------------------
+
+    @property
+    def swapping(self) -> bool:
+        return self.dir != self.target
+
+    def _sibling(self, kind: str) -> Path:
+        return self.target.parent / f".{self.target.name}.swap-{kind}"
+
+    def _retarget(self, d: Path) -> None:
+        """Point the lifecycle's paths (manifest, owned outputs, file records) at directory ``d``."""
+        default_root = self.files_root == self.manifest_file.parent
+        self.owned = [d / p.relative_to(self.dir) if p.is_relative_to(self.dir) else p for p in self.owned]
+        self.dir = d
+        self.manifest_file = d / MANIFEST_NAME
+        if default_root:
+            self.files_root = d
+
+    def _settle_swap(self) -> None:
+        """After a killed overwrite: drop its half-built directory; finish or undo a cut swap."""
+        old, new = self._sibling("old"), self._sibling("new")
+        if old.exists():
+            if self.target.exists():  # the swap was done; only the old one's removal was cut
+                shutil.rmtree(old)
+            else:  # cut between the two renames: the old output goes back, intact
+                old.rename(self.target)
+                log.warning("%s: an overwrite was cut while swapping; the previous output is back", self.where)
+        if new.exists():
+            log.info("%s: dropping a killed overwrite's unfinished output (%s)", self.where, new.name)
+            shutil.rmtree(new)
 
     @property
     def pending_file(self) -> Path:
@@ -175,6 +214,8 @@ class StageOutput:
 
     def begin(self) -> Manifest | None:
         """The finished manifest to reuse, or None after preparing ``DIR`` for a (resumed) run."""
+        if self.replace == "swap":
+            self._settle_swap()
         existing = self.read_manifest()
         self.previous = existing
         if existing is not None and existing.stage in self.follows:
@@ -183,6 +224,9 @@ class StageOutput:
         foreign = self._foreign() if self.exclusive and existing is None and pending is None else []
         aside = self.replace == "aside" and existing is not None
         if self.overwrite:
+            if self.replace == "swap" and (existing is not None or pending is not None or self.has_work()):
+                self._retarget(self._sibling("new"))  # the old output stays untouched until finish()
+                return self._start()
             self.clear(keep_manifest=aside)
             return self._start()
         if existing is not None:
@@ -279,4 +323,20 @@ class StageOutput:
         sweep_temps(self.manifest_file.parent, [self.manifest_file.name])
         write_json(self.manifest_file, manifest.to_json())
         self.pending_file.unlink(missing_ok=True)
+        if self.swapping:
+            self._swap_in()
         return manifest
+
+    def _swap_in(self) -> None:
+        """The finished new directory replaces the old one (see the module docstring)."""
+        old_dir, new_dir = self.target, self.dir
+        if old_dir.is_dir():
+            mine = {p.name for p in self.owned if p.parent == new_dir}
+            lifecycle = {self.pending_name, MARKER_DIR, MANIFEST_NAME, *self.keep}
+            for p in sorted(old_dir.iterdir()):
+                if not self.exclusive and p.name not in mine | lifecycle and not (new_dir / p.name).exists():
+                    p.rename(new_dir / p.name)  # another stage's output: it stays in the directory
+            old_dir.rename(self._sibling("old"))
+        new_dir.rename(old_dir)
+        self._retarget(old_dir)
+        shutil.rmtree(self._sibling("old"), ignore_errors=True)

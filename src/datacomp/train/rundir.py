@@ -30,7 +30,7 @@ from typing import Any, Sequence
 from ..config import Scale
 from ..errors import DatacompError, InputError
 from ..executors.children import LOCK_NAME
-from ..formats.atomic import write_bytes, write_json
+from ..formats.atomic import link_file, write_bytes, write_json
 from ..formats.guard import file_records
 from ..formats.manifest import Manifest, canonical, manifest_digest
 from ..formats.stage import StageOutput
@@ -112,12 +112,8 @@ def finish(s: Scale, tdata: TrainData, out: Path, ckpt: Path, cmd: list[str], pa
         final = ckpt.with_name(f"epoch_{epoch}.pt")
         if final.is_file():
             final.unlink()
-        tmp_link = weights.with_name(f".{weights.name}.tmp")
-        if tmp_link.exists():
-            tmp_link.unlink()
         try:
-            os.link(ckpt, tmp_link)
-            os.replace(tmp_link, weights)
+            link_file(ckpt, weights, copy=False)
         except OSError:
             models.save_weights(state["state_dict"], weights)
     else:

@@ -67,10 +67,11 @@ def synthesize(out: Path, scale: Scale, seed: int = 0, workers: int = 2, overwri
     noise = json.loads(json.dumps(load_noise()))  # plain JSON types: what workers and the manifest see
     params = {"scale": scale.name, "seed": int(seed), "pool_size": int(scale.pool_size), "world": world_cfg,
               "noise": noise, "data_digest": data_digest()}
-    life = StageOutput(STAGE, out, params, overwrite=overwrite, owned=OUTPUT_DIRS)
+    life = StageOutput(STAGE, out, params, overwrite=overwrite, owned=OUTPUT_DIRS, replace="swap")
     existing = life.begin()  # other params on a finished or unfinished output: StageConflictError
     if existing is not None:
         return existing
+    target, out = out, life.dir  # an --overwrite builds beside the old pool; finish() swaps it in
     timings: dict[str, float] = {}
 
     # 1. eval suite (curated shards check their images against it)
@@ -129,6 +130,7 @@ def synthesize(out: Path, scale: Scale, seed: int = 0, workers: int = 2, overwri
                                # reuse checks these; not metadata/, to which embed adds npz keys and scores
                                "files": tree_records(out, [d for d in OUTPUT_DIRS if d != "metadata"])})
     life.finish(manifest)
+    out = target
     log.info("synth: %d rows in %.1fs; basic_filter keeps %.1f%%, English+length %.1f%%", n_rows, timings["total"],
              100 * measured["basic_filter"], 100 * measured["english_caption_len"])
     return manifest
