@@ -205,13 +205,17 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         for line in format_check(check_evalsets(Path(a.evalsets), tasks=tasks)):
             print(line)
         return 0
-    if not a.run:
-        raise DatacompError("evaluate needs --run RUN (or --check)")
+    if not a.run and not a.model:
+        raise DatacompError("evaluate needs --run RUN or --model ARCH --checkpoint CKPT (or --check)")
+    if a.run and a.model:
+        raise DatacompError("evaluate: give --run RUN or --model ARCH, not both")
     out = Path(a.out) if a.out else None
-    results = evaluate(Path(a.run), Path(a.evalsets), out=out, tasks=tasks, overwrite=a.overwrite)["results"]
+    results = evaluate(Path(a.run) if a.run else None, Path(a.evalsets), out=out, tasks=tasks, overwrite=a.overwrite,
+                       batch_size=a.batch_size, model=a.model, checkpoint=a.checkpoint, precision=a.precision,
+                       strict=a.strict, device=a.device)["results"]
     for r in results:
-        print(f"{r['key']:40s} {r['metrics'].get('main_metric')}")
-    print(json.dumps(aggregate(results), indent=2))
+        print(f"{r['key']:40s} {r['metrics'].get('main_metric')}  ({r.get('precision', 'fp32')})")
+    print(json.dumps(aggregate(results, strict=a.strict), indent=2))
     return 0
 
 
@@ -375,8 +379,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true", help="replace another run in --out")
     workers(sp, default=1)
 
-    sp = add("evaluate", cmd_evaluate, "evaluate a trained run on a downstream suite")
-    sp.add_argument("--run", help="training run directory")
+    sp = add("evaluate", cmd_evaluate, "evaluate a trained run (or any open_clip model) on a downstream suite")
+    sp.add_argument("--run", help="training run directory (datacomp train's, or the reference train.py's with info.pkl)")
+    sp.add_argument("--model", metavar="ARCH", help="evaluate this model instead of a run: an open_clip architecture, "
+                                                    "a bundled config, or local-dir:DIR (needs --out)")
+    sp.add_argument("--checkpoint", metavar="CKPT", help="with --model: a checkpoint file or an open_clip pretrained tag")
+    sp.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default 256 on a GPU, 64 on a CPU)")
+    sp.add_argument("--precision", choices=["reference", "fp32", "amp_fp16", "amp_bf16"], default="reference",
+                    help="reference (default): the reference's, text towers under fp16 autocast on CUDA, fp32 on a "
+                         "CPU; the others force it (amp_* on a CPU run the reference's mixed path there)")
+    sp.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
+    sp.add_argument("--strict", action="store_true",
+                    help="refuse unless every scored task of the suite is evaluated (38 for the DataComp suite)")
     sp.add_argument("--evalsets", required=True)
     sp.add_argument("--check", action="store_true", help="only check which tasks are present and well-formed")
     sp.add_argument("--out", help="results file (default RUN/eval_results.jsonl)")
