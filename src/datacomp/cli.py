@@ -227,6 +227,18 @@ def cmd_download_evalsets(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(a: argparse.Namespace) -> int:
+    from .submit import submit
+
+    m = submit(Path(a.run), Path(a.subset), Path(a.out), method_name=a.method_name, author=a.author, email=a.email,
+               track=a.track, writeup=a.writeup, samples=a.samples, include_checkpoint=a.include_checkpoint,
+               results=Path(a.results) if a.results else None, allow_embedded=a.allow_embedded,
+               overwrite=a.overwrite, upload=a.upload)
+    print(json.dumps({"bundle": a.out, "counts": m.counts, "average": m.extra.get("average"),
+                      "files": m.extra.get("upload"), "uploaded": m.extra.get("uploaded")}, indent=2, default=str))
+    return 0
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     from .run import parse_seeds, run_seeds
 
@@ -400,6 +412,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("download-evalsets", cmd_download_evalsets, "download the DataComp evaluation sets (needs network)")
     sp.add_argument("dest", help="directory to write the eval sets to")
     sp.add_argument("--tasks", help="comma-separated task keys (default: all 40)")
+
+    sp = add("submit", cmd_submit, "validate a finished run and write (and with --upload push) its submission bundle")
+    sp.add_argument("--run", required=True, help="the training run (datacomp train's or the reference train.py's)")
+    sp.add_argument("--subset", required=True, help="the subset it was trained on (SUBSET.npy)")
+    sp.add_argument("--out", required=True, help="bundle directory to write")
+    sp.add_argument("--method-name", required=True, help="shown on the leaderboard")
+    sp.add_argument("--author", required=True, help="shown on the leaderboard")
+    sp.add_argument("--email", help="contact; kept in BUNDLE/contact.json, never uploaded")
+    sp.add_argument("--track", choices=["filtering", "byod"], default="filtering")
+    sp.add_argument("--writeup", metavar="FILE|URL", help="a write-up file (bundled) or a link")
+    sp.add_argument("--samples", type=int, default=1000, help="uids of the subset listed in uid_sample.txt (default 1000)")
+    sp.add_argument("--include-checkpoint", action="store_true", help="bundle (and upload) the checkpoint too")
+    sp.add_argument("--results", help="results file (default RUN/eval_results.jsonl)")
+    sp.add_argument("--allow-embedded", action="store_true", help="bundle a run of an embedded-world scale (practice)")
+    sp.add_argument("--upload", metavar="USER/REPO", help="push the bundle to this Hugging Face dataset repo")
+    sp.add_argument("--overwrite", action="store_true", help="replace another bundle in --out")
 
     sp = add("run", cmd_run, "the whole loop for several recipes at one scale, over one or several seeds")
     sp.add_argument("--scale", required=True)
