@@ -94,9 +94,9 @@ def test_bundle_of_a_synth_test_run(world, tmp_path, monkeypatch):
     assert rec["method_name"] == "red-only" and rec["track"] == "filtering" and rec["dataset_size"] == 200
     assert "Synth Concepts" in rec and "email" not in rec and rec["average"] is not None
     man = json.loads((out / "manifest.json").read_text())
-    assert man["extra"]["package_version"] and man["counts"]["tasks"] == 9
-    assert "contact.json" not in man["extra"]["upload"] and json.loads((out / "contact.json").read_text())["email"] == "a@b.c"
-    assert all(man["extra"]["sha256"][f] == file_sha256(out / f) for f in man["extra"]["upload"])
+    assert man["package_version"] and man["counts"]["tasks"] == 9
+    assert "contact.json" not in man["upload"] and json.loads((out / "contact.json").read_text())["email"] == "a@b.c"
+    assert all(man["sha256"][f] == file_sha256(out / f) for f in man["upload"])
     again = submit(world["run"], world["subset"], out, method_name="red-only", author="A. Person", email="a@b.c",
                    writeup=str(world["root"] / "writeup.md"), samples=10, include_checkpoint=True, allow_embedded=True)
     assert again.reused and m.counts == again.counts
@@ -111,9 +111,10 @@ def _refused(world, tmp_path, match: str, run=None, subset=None, **kw):
     assert not (tmp_path / "b").exists()  # nothing written
 
 
-def _copy_run(world, tmp_path) -> Path:
-    run = tmp_path / "run_copy"
+def _copy_run(world, tmp_path, name: str) -> Path:
+    run = tmp_path / name
     shutil.copytree(world["run"], run)
+    finish_as_train(run, "synth_test")  # info.json names the copy's checkpoint
     return run
 
 
@@ -125,7 +126,7 @@ def test_refusals_one_line_each(world, tmp_path):
     partial.write_text("\n".join(r for r in rows if '"synth/size"' not in r) + "\n")
     _refused(world, tmp_path, r"1 of the 9 scored synth tasks have no result: synth/size$", results=partial)
     # a wrong scale config
-    run = _copy_run(world, tmp_path)
+    run = _copy_run(world, tmp_path, "scale")
     finish_as_train(run, "synth_test", lr=0.002)
     _refused(world, tmp_path, r"other protocol values than the published synth_test scale \(lr 0.001 -> 0.002\)", run=run)
     # a reference scale: the 38 tasks, listed
@@ -138,14 +139,14 @@ def test_refusals_one_line_each(world, tmp_path):
     np.save(bad, np.zeros(3, dtype="u8"))
     _refused(world, tmp_path, r"dtype 'u8,u8'", subset=bad)
     # a checkpoint that did not make the results
-    run = _copy_run(world, tmp_path)
+    run = _copy_run(world, tmp_path, "weights")
     ck = run / "checkpoints" / "epoch_latest.pt"
     state = torch.load(ck, weights_only=True)
     state["state_dict"] = {k: v * 1.01 if v.is_floating_point() else v for k, v in state["state_dict"].items()}
     torch.save(state, ck)
     _refused(world, tmp_path, r"made by another checkpoint \(sha256:", run=run)
     # results edited after evaluate recorded them
-    run = _copy_run(world, tmp_path)
+    run = _copy_run(world, tmp_path, "edited")
     res = run / "eval_results.jsonl"
     res.write_text(res.read_text().replace('"main_metric": 0.', '"main_metric": 0.9', 1))
     _refused(world, tmp_path, "not those evaluate recorded", run=run)
@@ -194,7 +195,7 @@ def test_upload_against_fake_hub(world, tmp_path, monkeypatch, capsys):
     _, repo, rtype, message, files = commit
     assert message == "Upload artifacts (synth_test scale)" and rtype == "dataset"
     man = json.loads((out / "manifest.json").read_text())
-    assert sorted(files) == sorted(man["extra"]["upload"]) and "contact.json" not in files
+    assert sorted(files) == sorted(man["upload"]) and "contact.json" not in files
     assert all(f.startswith("synth_test_scale/") for f in files)
     assert files["synth_test_scale/results.jsonl"] == (world["run"] / "eval_results.jsonl").read_bytes()
     assert b"a@b.c" not in b"".join(files.values())

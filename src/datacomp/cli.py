@@ -485,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         a = parser.parse_args(argv)
     except ConfigError as e:
         return _fail(str(e))
-    if a.verb not in HUB_VERBS:
+    if a.verb not in HUB_VERBS and not (a.verb == "submit" and a.upload):  # submit --upload pushes to the hub
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
