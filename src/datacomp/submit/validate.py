@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Scale, load_scale, scale_names
+from ..evaluate.registry import load_tasks
 from ..errors import DatacompError, FormatError, InputError
 from ..evaluate.aggregate import aggregate
 from ..evaluate.runner import results_manifest_path
@@ -148,8 +149,8 @@ def validate(run: str | os.PathLike, subset: str | os.PathLike, track: str = "fi
         miss = agg["missing"]
         _refuse(results_file, f"{len(miss)} of the {agg['n_expected']} scored {suite} tasks have no result: "
                               f"{', '.join(miss)}")
-    keys = {t for t in _scored(suite)}
-    rows = [r for r in rows if r["key"] in keys or r["key"] in _all_keys(suite)]
+    suite_keys = _all_keys(suite)
+    rows = [r for r in rows if r["key"] in suite_keys]  # the suite's lines (unscored ones too), no others
     # 6. precision
     precisions = sorted({r.get("precision", "fp32") for r in rows})
     if len(precisions) > 1:
@@ -180,15 +181,7 @@ def validate(run: str | os.PathLike, subset: str | os.PathLike, track: str = "fi
                    checkpoint_digest=digest, training=rec)
 
 
-def _scored(suite: str) -> list[str]:
-    from ..evaluate.registry import load_tasks
-
-    return [t.key for t in load_tasks(suite) if t.scored]
-
-
 def _all_keys(suite: str) -> set[str]:
-    from ..evaluate.registry import load_tasks
-
     return {t.key for t in load_tasks(suite)}
 
 
