@@ -155,15 +155,17 @@ def _train(tmp: Path, v: str, o: str, overwrite: bool):
 
 
 def _evaluate(tmp: Path, v: str, o: str, overwrite: bool):
-    from test_evaluate import make_cls_task
+    from test_evaluate import make_cls_task, make_run
 
     from datacomp.evaluate import evaluate
 
     for name in ("ev_a", "ev_b"):
         if not (tmp / name).is_dir():
             make_cls_task(tmp / name, "synth/concepts", per_shard=[2])
+    if not (tmp / "run").is_dir():  # the model evaluated (its checkpoint's digest is the results' input)
+        make_run(tmp)
     (tmp / o).mkdir(parents=True, exist_ok=True)
-    return evaluate(tmp / o, tmp / f"ev_{v}", workers=0, overwrite=overwrite)
+    return evaluate(tmp / "run", tmp / f"ev_{v}", out=tmp / o / "eval_results.jsonl", workers=0, overwrite=overwrite)
 
 
 def _download(tmp: Path, v: str, o: str, overwrite: bool):

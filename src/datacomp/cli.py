@@ -218,13 +218,17 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         for line in format_check(check_evalsets(Path(a.evalsets), tasks=tasks)):
             print(line)
         return 0
-    if not a.run:
-        raise DatacompError("evaluate needs --run RUN (or --check)")
+    if not a.run and not a.model:
+        raise DatacompError("evaluate needs --run RUN or --model ARCH --checkpoint CKPT (or --check)")
+    if a.run and a.model:
+        raise DatacompError("evaluate: give --run RUN or --model ARCH, not both")
     out = Path(a.out) if a.out else None
-    results = evaluate(Path(a.run), Path(a.evalsets), out=out, tasks=tasks, overwrite=a.overwrite)["results"]
+    results = evaluate(Path(a.run) if a.run else None, Path(a.evalsets), out=out, tasks=tasks, overwrite=a.overwrite,
+                       batch_size=a.batch_size, model=a.model, checkpoint=a.checkpoint, precision=a.precision,
+                       strict=a.strict, device=a.device)["results"]
     for r in results:
-        print(f"{r['key']:40s} {r['metrics'].get('main_metric')}")
-    print(json.dumps(aggregate(results), indent=2))
+        print(f"{r['key']:40s} {r['metrics'].get('main_metric')}  ({r.get('precision', 'fp32')})")
+    print(json.dumps(aggregate(results, strict=a.strict), indent=2))
     return 0
 
 
@@ -233,6 +237,18 @@ def cmd_download_evalsets(a: argparse.Namespace) -> int:
 
     tasks = a.tasks.split(",") if a.tasks else None
     print(json.dumps(download_evalsets(Path(a.dest), tasks=tasks, layout=a.layout), indent=2, default=str))
+    return 0
+
+
+def cmd_submit(a: argparse.Namespace) -> int:
+    from .submit import submit
+
+    m = submit(Path(a.run), Path(a.subset), Path(a.out), method_name=a.method_name, author=a.author, email=a.email,
+               track=a.track, writeup=a.writeup, samples=a.samples, include_checkpoint=a.include_checkpoint,
+               results=Path(a.results) if a.results else None, allow_embedded=a.allow_embedded,
+               overwrite=a.overwrite, upload=a.upload)
+    print(json.dumps({"bundle": a.out, "counts": m.counts, "average": m.extra.get("average"),
+                      "files": m.extra.get("upload"), "uploaded": m.extra.get("uploaded")}, indent=2, default=str))
     return 0
 
 
@@ -472,8 +488,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="open_clip's log interval in steps; only logs (default 100 as the reference; embedded scales steps/10)")
     workers(sp, default=1)
 
-    sp = add("evaluate", cmd_evaluate, "evaluate a trained run on a downstream suite")
-    sp.add_argument("--run", help="training run directory")
+    sp = add("evaluate", cmd_evaluate, "evaluate a trained run (or any open_clip model) on a downstream suite")
+    sp.add_argument("--run", help="training run directory (datacomp train's, or the reference train.py's with info.pkl)")
+    sp.add_argument("--model", metavar="ARCH", help="evaluate this model instead of a run: an open_clip architecture, "
+                                                    "a bundled config, or local-dir:DIR (needs --out)")
+    sp.add_argument("--checkpoint", metavar="CKPT", help="with --model: a checkpoint file or an open_clip pretrained tag")
+    sp.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 256 on a GPU, 64 on a CPU)")
+    sp.add_argument("--precision", choices=["reference", "fp32", "amp_fp16", "amp_bf16"], default="reference",
+                    help="reference (default): the reference's, text towers under fp16 autocast on CUDA, fp32 on a "
+                         "CPU; the others force it (amp_* on a CPU run the reference's mixed path there)")
+    sp.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
+    sp.add_argument("--strict", action="store_true",
+                    help="refuse unless every scored task of the suite is evaluated (38 for the DataComp suite)")
     sp.add_argument("--evalsets", required=True, help="eval-set directory (POOL/evalsets for the embedded world, or download-evalsets' output)")
     sp.add_argument("--check", action="store_true", help="only check which tasks are present and well-formed")
     sp.add_argument("--out", help="results file (default RUN/eval_results.jsonl)")
@@ -486,6 +512,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--layout", choices=["ours", "reference"], default="ours",
                     help="task directory names: ours (<key, / -> ->) or reference (wds_<key>_test, what the "
                          "reference's evaluate.py --data_dir reads); evaluate reads both (default %(default)s)")
+
+    sp = add("submit", cmd_submit, "validate a finished run and write (and with --upload push) its submission bundle")
+    sp.add_argument("--run", required=True, help="the training run (datacomp train's or the reference train.py's)")
+    sp.add_argument("--subset", required=True, help="the subset it was trained on (SUBSET.npy)")
+    sp.add_argument("--out", required=True, help="bundle directory to write")
+    sp.add_argument("--method-name", required=True, help="shown on the leaderboard")
+    sp.add_argument("--author", required=True, help="shown on the leaderboard")
+    sp.add_argument("--email", help="contact; kept in BUNDLE/contact.json, never uploaded")
+    sp.add_argument("--track", choices=["filtering", "byod"], default="filtering")
+    sp.add_argument("--writeup", metavar="FILE|URL", help="a write-up file (bundled) or a link")
+    sp.add_argument("--samples", type=int, default=1000, help="uids of the subset listed in uid_sample.txt (default 1000)")
+    sp.add_argument("--include-checkpoint", action="store_true", help="bundle (and upload) the checkpoint too")
+    sp.add_argument("--results", help="results file (default RUN/eval_results.jsonl)")
+    sp.add_argument("--allow-embedded", action="store_true", help="bundle a run of an embedded-world scale (practice)")
+    sp.add_argument("--upload", metavar="USER/REPO", help="push the bundle to this Hugging Face dataset repo")
+    sp.add_argument("--overwrite", action="store_true", help="replace another bundle in --out")
 
     sp = add("run", cmd_run, "the whole loop for several recipes at one scale, over one or several seeds")
     sp.add_argument("--scale", required=True, help="scale name (datacomp info scales)")
@@ -558,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         a = parser.parse_args(argv)
     except ConfigError as e:
         return _fail(str(e))
-    if a.verb not in HUB_VERBS:
+    if a.verb not in HUB_VERBS and not (a.verb == "submit" and a.upload):  # submit --upload pushes to the hub
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ours, libraries = log_levels(a.verbose, a.quiet)

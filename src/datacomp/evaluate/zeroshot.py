@@ -1,9 +1,15 @@
 """Zero-shot classification, image-text retrieval, WinoGAViL and the FairFace / UTKFace heads, as
 the reference runs them (DATACOMP.md §5.1): clip_benchmark's classifier and recall, the
-reference's WILDS / fairness / WinoGAViL evaluators for the extra metrics."""
+reference's WILDS / fairness / WinoGAViL evaluators for the extra metrics.
+
+Precision (``precision.py``): every evaluation takes a :class:`Precision` (None: the reference's
+for the model's device). In fp32 texts are encoded in length-sorted batches cut after their
+longest prompt (the same embeddings, tested); under autocast the text side runs exactly as
+clip_benchmark runs it — one batch of templates per class, the full context, normalising and
+averaging inside the autocast region — since batch shapes change low-precision results.
+"""
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any, Callable
 
@@ -27,15 +33,14 @@ from .metrics import (
     winogavil_prompt,
     worst_group_accuracy,
 )
+from .precision import FP32, Precision, resolve_precision
 from .tasktypes import evaluates
 
 log = logging.getLogger(__name__)
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda")
-    return contextlib.nullcontext()
+def _precision(model, precision: Precision | None) -> Precision:
+    return precision if precision is not None else resolve_precision("reference", _device_of(model))
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -91,27 +96,36 @@ def _encode_text_trimmed(model, tokens: torch.Tensor, length: int) -> torch.Tens
 
 
 @torch.no_grad()
-def encode_texts(model, tokenizer, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+def encode_texts(model, tokenizer, texts: list[str], batch_size: int = 256,
+                 precision: Precision | None = None) -> torch.Tensor:
     """L2-normalised text embeddings (float32, on the model's device), in ``texts`` order.
 
-    Texts are encoded in batches of similar length, each cut after its longest prompt where the
-    model allows it (``_trim_position``), which gives the same embeddings for a fraction of the work.
+    fp32: texts are encoded in batches of similar length, each cut after its longest prompt where
+    the model allows it (``_trim_position``), which gives the same embeddings for a fraction of
+    the work. Under autocast: batches in ``texts`` order, full context, normalised inside the
+    autocast region (clip_benchmark's retrieval and the reference's WinoGAViL).
     """
     device = _device_of(model)
     if not texts:
         return torch.empty(0)
+    precision = _precision(model, precision)
     tokens = tokenizer(texts)
+    if precision.amp:
+        out = []
+        for i in range(0, len(texts), batch_size):
+            with precision.autocast():
+                out.append(F.normalize(model.encode_text(tokens[i : i + batch_size].to(device)), dim=-1).float())
+        return torch.cat(out)
     pos = _trim_position(model, tokens)
     order = torch.argsort(pos, stable=True) if pos is not None else torch.arange(len(texts))
     chunks = []
     for i in range(0, len(texts), batch_size):
         idx = order[i : i + batch_size]
         tok = tokens[idx].to(device)
-        with _autocast(device):
-            if pos is not None:
-                emb = _encode_text_trimmed(model, tok, int(pos[idx].max()) + 1)
-            else:
-                emb = model.encode_text(tok)
+        if pos is not None:
+            emb = _encode_text_trimmed(model, tok, int(pos[idx].max()) + 1)
+        else:
+            emb = model.encode_text(tok)
         chunks.append(F.normalize(emb.float(), dim=-1))
     out = torch.empty(len(texts), chunks[0].shape[1], device=chunks[0].device)
     out[order.to(out.device)] = torch.cat(chunks)
@@ -119,12 +133,35 @@ def encode_texts(model, tokenizer, texts: list[str], batch_size: int = 256) -> t
 
 
 @torch.no_grad()
-def class_embeddings(model, tokenizer, classnames: list[str], templates: list[str], batch_size: int = 256) -> torch.Tensor:
-    """(dim, n_classes): per class, templates encoded, normalised, averaged, renormalised."""
+def class_embeddings(model, tokenizer, classnames: list[str], templates: list[str], batch_size: int = 256,
+                     precision: Precision | None = None) -> torch.Tensor:
+    """(dim, n_classes) float32: per class, templates encoded, normalised, averaged, renormalised.
+
+    Under autocast this is clip_benchmark's ``zero_shot_classifier`` step for step (one batch per
+    class, every operation inside the autocast region); in fp32 the texts of all classes go
+    through :func:`encode_texts`'s sorted batches.
+    """
+    precision = _precision(model, precision)
+    if precision.amp:
+        return _class_embeddings_amp(model, tokenizer, classnames, templates, precision)
     texts = [format_template(t, c) for c in classnames for t in templates]
-    emb = encode_texts(model, tokenizer, texts, batch_size).view(len(classnames), len(templates), -1)
+    emb = encode_texts(model, tokenizer, texts, batch_size, FP32).view(len(classnames), len(templates), -1)
     mean = emb.mean(dim=1)
     return (mean / mean.norm(dim=-1, keepdim=True)).t().contiguous()
+
+
+def _class_embeddings_amp(model, tokenizer, classnames: list[str], templates: list[str],
+                          precision: Precision) -> torch.Tensor:
+    device = _device_of(model)
+    weights = []
+    with precision.autocast():
+        for c in classnames:
+            emb = model.encode_text(tokenizer([format_template(t, c) for t in templates]).to(device))
+            w = F.normalize(emb, dim=-1).mean(dim=0)
+            w /= w.norm()
+            weights.append(w)
+        classifier = torch.stack(weights, dim=1)
+    return classifier.float()
 
 
 def _worker_init(worker_id: int) -> None:
@@ -133,9 +170,14 @@ def _worker_init(worker_id: int) -> None:
 
 @torch.no_grad()
 def encode_images(
-    model, evalset: EvalSet, preprocess: Callable, batch_size: int = 256, workers: int = 2, autocast: bool = False
+    model, evalset: EvalSet, preprocess: Callable, batch_size: int = 256, workers: int = 2,
+    precision: Precision | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """-> (sample indices that decoded, their L2-normalised image features, number skipped)."""
+    """-> (sample indices that decoded, their L2-normalised float32 image features, number skipped).
+
+    ``precision`` None or fp32: the image tower in fp32 (classification); under autocast the
+    features are normalised inside the autocast region, as clip_benchmark's retrieval does."""
+    precision = precision or FP32
     device = _device_of(model)
     dataset = ImageDataset(evalset, preprocess)
     loader = DataLoader(
@@ -154,10 +196,9 @@ def encode_images(
             failed += n_failed
             if images is None:
                 continue
-            ctx = _autocast(device) if autocast else contextlib.nullcontext()
-            with ctx:
-                f = model.encode_image(images.to(device, non_blocking=True))
-            feats.append(F.normalize(f.float(), dim=-1))
+            with precision.autocast():
+                f = F.normalize(model.encode_image(images.to(device, non_blocking=True)), dim=-1)
+            feats.append(f.float())
             idx_all.append(idx)
     finally:
         dataset.close()
@@ -171,11 +212,13 @@ def encode_images(
 @evaluates("zeroshot_classification")
 @torch.no_grad()
 def zeroshot_classification(
-    model, preprocess, tokenizer, evalset: EvalSet, batch_size: int = 256, workers: int = 2
+    model, preprocess, tokenizer, evalset: EvalSet, batch_size: int = 256, workers: int = 2,
+    precision: Precision | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """-> (metrics, {"indices", "logits", "labels"}); image forward in fp32 like the reference."""
-    classifier = class_embeddings(model, tokenizer, evalset.classnames, evalset.templates, batch_size)
-    idx, feats, failed = encode_images(model, evalset, preprocess, batch_size, workers, autocast=False)
+    """-> (metrics, {"indices", "logits", "labels"}); the classifier at ``precision``, the image
+    forward in fp32, like the reference."""
+    classifier = class_embeddings(model, tokenizer, evalset.classnames, evalset.templates, batch_size, precision)
+    idx, feats, failed = encode_images(model, evalset, preprocess, batch_size, workers, FP32)
     labels = torch.tensor([evalset.samples[i].label for i in idx.tolist()], dtype=torch.long)
     logits = 100.0 * feats @ classifier if len(idx) else torch.empty(0, len(evalset.classnames))
     task = evalset.task
@@ -195,17 +238,20 @@ def zeroshot_classification(
 @evaluates("retrieval")
 @torch.no_grad()
 def zeroshot_retrieval(
-    model, preprocess, tokenizer, evalset: EvalSet, batch_size: int = 256, workers: int = 2
+    model, preprocess, tokenizer, evalset: EvalSet, batch_size: int = 256, workers: int = 2,
+    precision: Precision | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """-> (metrics, {"scores", "text_to_image"}); images that fail to decode drop with their captions."""
-    idx, img_feats, failed = encode_images(model, evalset, preprocess, batch_size, workers, autocast=True)
+    """-> (metrics, {"scores", "text_to_image"}); images that fail to decode drop with their captions.
+    Images and texts at ``precision`` (the reference: both under autocast on a GPU)."""
+    precision = _precision(model, precision)
+    idx, img_feats, failed = encode_images(model, evalset, preprocess, batch_size, workers, precision)
     texts: list[str] = []
     text_to_image: list[int] = []
     for j, i in enumerate(idx.tolist()):
         caps = evalset.samples[i].captions or []
         texts.extend(caps)
         text_to_image.extend([j] * len(caps))
-    txt_feats = encode_texts(model, tokenizer, texts, batch_size)
+    txt_feats = encode_texts(model, tokenizer, texts, batch_size, precision)
     t2i = torch.tensor(text_to_image, dtype=torch.long)
     scores = (txt_feats @ img_feats.t()).cpu() if texts else torch.empty(0, len(idx))
     metrics: dict[str, Any] = retrieval_metrics(scores, t2i)
@@ -218,12 +264,13 @@ def zeroshot_retrieval(
 @evaluates("fairness")
 @torch.no_grad()
 def fairness_classification(
-    model, preprocess, tokenizer, evalset: EvalSet, batch_size: int = 256, workers: int = 2
+    model, preprocess, tokenizer, evalset: EvalSet, batch_size: int = 256, workers: int = 2,
+    precision: Precision | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """FairFace / UTKFace: one zero-shot head per objective (race, gender, age, toxic), argmax per
-    head, then the reference's group tables (no main metric)."""
-    heads = [class_embeddings(model, tokenizer, *evalset.objectives[o], batch_size) for o in FAIRNESS_OBJECTIVES]
-    idx, feats, failed = encode_images(model, evalset, preprocess, batch_size, workers, autocast=False)
+    head, then the reference's group tables (no main metric). Heads at ``precision``, images fp32."""
+    heads = [class_embeddings(model, tokenizer, *evalset.objectives[o], batch_size, precision) for o in FAIRNESS_OBJECTIVES]
+    idx, feats, failed = encode_images(model, evalset, preprocess, batch_size, workers, FP32)
     preds = np.stack([(100.0 * feats @ w).argmax(dim=1).cpu().numpy() for w in heads], axis=1) if len(idx) else np.zeros((0, 4), int)
     md = evalset.metadata_array()[idx.numpy()] if len(idx) else np.zeros((0, 4), int)
     metrics: dict[str, Any] = fairness_metrics(preds, md) if len(idx) else {}
@@ -235,14 +282,16 @@ def fairness_classification(
 @evaluates("winogavil")
 @torch.no_grad()
 def winogavil(
-    model, preprocess, tokenizer, evalset: EvalSet, batch_size: int = 256, workers: int = 2
+    model, preprocess, tokenizer, evalset: EvalSet, batch_size: int = 256, workers: int = 2,
+    precision: Precision | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score each candidate image by cosine to the cue prompt; predict the top-n (n = number of
     gold associations); Jaccard against the gold set. A candidate whose image does not decode
     scores -inf (counted in ``n_skipped``)."""
-    idx, feats, failed = encode_images(model, evalset, preprocess, batch_size, workers, autocast=True)
+    precision = _precision(model, precision)
+    idx, feats, failed = encode_images(model, evalset, preprocess, batch_size, workers, precision)
     pos = {i: j for j, i in enumerate(idx.tolist())}
-    prompts = encode_texts(model, tokenizer, [winogavil_prompt(e.cue) for e in evalset.examples], batch_size)
+    prompts = encode_texts(model, tokenizer, [winogavil_prompt(e.cue) for e in evalset.examples], batch_size, precision)
     gold, pred = [], []
     for e, t in zip(evalset.examples, prompts):
         rows = [pos.get(i) for i in e.images]

@@ -251,15 +251,26 @@ def load_model(run_dir: str | os.PathLike, device: str = "cpu",
         raise InputError(f"{run}: not a training run (no model/{CONFIG_NAME})")
     read_open_clip_config(model_dir / CONFIG_NAME)  # checked here: open_clip's own errors name no file
     if checkpoint is None:
-        info = run / "info.json"
-        cands = []
-        if info.is_file():
-            try:
-                cands.append(Path(json.loads(info.read_text())["checkpoint"]))
-            except (json.JSONDecodeError, KeyError):
-                pass
-        cands.append(run / "checkpoints" / LATEST)
-        checkpoint = next((c for c in cands if c.is_file()), None)
-        if checkpoint is None and not (model_dir / WEIGHTS_NAME).is_file():
-            raise InputError(f"{run}: no checkpoint (checkpoints/{LATEST} or model/{WEIGHTS_NAME})")
+        checkpoint = run_checkpoint(run)
+        if checkpoint == model_dir / WEIGHTS_NAME:
+            checkpoint = None  # the local-dir loader reads it
     return load_open_clip(f"{LOCAL_DIR}{model_dir}", checkpoint, device)
+
+
+def run_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """The weights :func:`load_model` evaluates for a run: the checkpoint named in ``info.json``,
+    else ``checkpoints/epoch_latest.pt``, else ``model/open_clip_pytorch_model.bin``."""
+    run = Path(run_dir)
+    model_dir = run / "model" if (run / "model" / CONFIG_NAME).is_file() else run
+    info = run / "info.json"
+    cands = []
+    if info.is_file():
+        try:
+            cands.append(Path(json.loads(info.read_text())["checkpoint"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass
+    cands += [run / "checkpoints" / LATEST, model_dir / WEIGHTS_NAME]
+    found = next((c for c in cands if c.is_file()), None)
+    if found is None:
+        raise InputError(f"{run}: no checkpoint (checkpoints/{LATEST} or model/{WEIGHTS_NAME})")
+    return found
