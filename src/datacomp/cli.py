@@ -520,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--method-name", required=True, help="shown on the leaderboard")
     sp.add_argument("--author", required=True, help="shown on the leaderboard")
     sp.add_argument("--email", help="contact; kept in BUNDLE/contact.json, never uploaded")
-    sp.add_argument("--track", choices=["filtering", "byod"], default="filtering")
+    sp.add_argument("--track", choices=["filtering", "byod"], default="filtering",
+                    help="the competition track: filtering (a subset of CommonPool) or byod (your own data) (default %(default)s)")
     sp.add_argument("--writeup", metavar="FILE|URL", help="a write-up file (bundled) or a link")
     sp.add_argument("--samples", type=int, default=1000, help="uids of the subset listed in uid_sample.txt (default 1000)")
     sp.add_argument("--include-checkpoint", action="store_true", help="bundle (and upload) the checkpoint too")
