@@ -133,12 +133,19 @@ def test_byod_track_and_missing_runs(tmp_path, capsys):
     assert "no evaluated runs found" in format_leaderboard(build_leaderboard([tmp_path / "empty"]))
     # a run directory whose manifest is gone: the scale from its info.json, else 'unknown' with a note
     lone = tmp_path / "lone"
-    for name, info in (("r1", {"scale": "synth_demo"}), ("r2", None)):
+    for name, info in (("r1", {"scale": "synth_demo"}), ("r2", None), ("r3", "pkl")):
         (lone / name).mkdir(parents=True)
         rw.write_results(lone / name, seed=0)
-        if info:
+        if info == "pkl":  # a reference train.py run: its info.pkl names the scale
+            import pathlib
+            import pickle
+
+            (lone / name / "info.pkl").write_bytes(pickle.dumps({
+                "scale": "synth_demo", "scale_config": {"model": "ViT-B-32", "batch_size": 4096},
+                "checkpoint": pathlib.Path("/r/checkpoints/epoch_5.pt"), "data_dir": pathlib.Path("/d")}))
+        elif info:
             (lone / name / "info.json").write_text(json.dumps(info))
     board = build_leaderboard([lone])
-    assert [(s.scale, [r["recipe"] for r in s.rows]) for s in board.sections] == [("synth_demo", ["r1"]),
+    assert [(s.scale, [r["recipe"] for r in s.rows]) for s in board.sections] == [("synth_demo", ["r1", "r3"]),
                                                                                   ("unknown", ["r2"])]
     assert any("r2" in n and "unknown" in n for n in board.notes)

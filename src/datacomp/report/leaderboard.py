@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from ..errors import ConfigError
 from ..formats.results import RESULTS_NAME
 from .collect import Experiment, Run, collect
 from .rows import GROUP_PREFIX, group_labels
+
+log = logging.getLogger(__name__)
 
 TRACKS = ("filtering", "byod")
 KINDS = ("run", "paper", "released")
@@ -86,9 +89,18 @@ def _track(run: Run, exp: Experiment, cache: dict[Path, dict[str, Any]]) -> str:
 
 
 def _info_scale(runs: list[Run], cache: dict[Path, dict[str, Any]]) -> str | None:
-    """The scale the run directory's info.json names (``datacomp train`` writes it beside the manifest)."""
+    """The scale the run directory's info.json names (``datacomp train`` writes it beside the manifest),
+    or its info.pkl (a reference ``train.py`` run: read as plain data, never unpickling code)."""
+    from ..errors import DatacompError
+    from ..formats.info_pkl import read_info_pkl
+
     for r in runs:
         scale = _json(r.run_dir / "info.json", cache).get("scale")
+        if not scale and (r.run_dir / "info.pkl").is_file():
+            try:
+                scale = read_info_pkl(r.run_dir / "info.pkl").get("scale")
+            except DatacompError as e:
+                log.warning("%s", e)
         if isinstance(scale, str) and scale:
             return scale
     return None
