@@ -71,6 +71,17 @@ def _jobs() -> int:
     return len(ray._private.state.jobs())
 
 
+def _wait_no_download_tasks(limit: float = 20.0) -> None:
+    """Until no process of this machine runs img2dataset's Ray task (``ray::ray_download``)."""
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        if not any(line.startswith("ray::ray_download") for line in out.splitlines()):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the killed download's Ray tasks are still running")
+
+
 def _stateless_metadata(d: Path, base: str) -> dict[str, str]:
     """test_download's URL list without its flaky images (they answer by hit count, so a second
     download of the same list would differ): 20 images, one with a face box, and 8 hostile URLs."""
@@ -102,7 +113,7 @@ def test_download_on_ray_is_the_multiprocessing_download_and_resumes(local_ray, 
     uid_path = _stateless_metadata(tmp_path / "meta", server.base)
     n_shards = -(-len(uid_path) // 4)
     kw = dict(retries=0, processes=2, threads=2, samples_per_shard=4)  # 7 shards, 2 at a time
-    mp = dl.download(tmp_path / "mp", metadata=tmp_path / "meta", options=_opts(**kw))
+    mp = dl.download(tmp_path / "mp", metadata=tmp_path / "meta", options=_opts(**{**kw, "processes": 1}))
     jobs = _jobs()
     pool = tmp_path / "ray"
     opts = _opts(distributor="ray", **kw)
@@ -122,10 +133,12 @@ def test_download_on_ray_is_the_multiprocessing_download_and_resumes(local_ray, 
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the group this test started; the img2dataset child dies with it
         proc.wait()
+    _wait_no_download_tasks()  # Ray ends the dead job's workers within a second or so
     done_before = {p.name for p in (pool / "shards").glob("*_stats.json")}
-    assert not (pool / "manifest.json").exists() and len(done_before) < n_shards
+    assert not (pool / "manifest.json").exists()
+    assert len(done_before) < n_shards, done_before
     on_ray = dl.download(pool, metadata=tmp_path / "meta", options=opts)  # joins this process's Ray
-    assert _jobs() == jobs + 2  # both runs were img2dataset jobs on the Ray this process had joined
+    assert _jobs() == jobs + 2, ray._private.state.jobs()  # both runs were img2dataset jobs on the Ray this process had joined
     assert done_before <= {p.name for p in (pool / "shards").glob("*_stats.json")}  # finished shards kept
     assert on_ray.params == mp.params  # the distributor is how a download runs, not what it writes
     a, b = _shard_contents(tmp_path / "mp" / "shards"), _shard_contents(pool / "shards")
