@@ -1,6 +1,7 @@
 """Download throughput: ``datacomp.pool.download`` against plain img2dataset, same URL list.
 
     .venv/bin/python bench/download.py [--images 4000] [--processes 2] [--threads 32] [--repeats 2]
+                                       [--distributor multiprocessing|ray]
 
 A local HTTP server (127.0.0.1, ephemeral port, a thread of this process) serves generated JPEGs
 (640-1280 px, ~100-250 kB; 100 distinct images behind distinct URLs). One metadata parquet in
@@ -10,6 +11,10 @@ samples per shard is replaced by --per-shard so several shards run in parallel):
 
 * ``plain``: ``img2dataset.download(**same kwargs)`` in a fresh ``python`` under ``__main__``;
 * ``datacomp``: ``datacomp.pool.download.download`` (bounded fetches, reference blurrer, summary).
+
+``--distributor ray``: both use img2dataset's Ray distributor, each on a local Ray instance of
+``--processes`` CPUs that it starts (plain: ``ray.init`` before ``img2dataset.download``; datacomp:
+its img2dataset child's), so both wall times include one Ray start.
 
 Runs alternate; the best of ``--repeats`` is kept for each. Prints one JSON line with wall time
 and images/s; ``ratio`` = datacomp rate / plain rate.
@@ -38,12 +43,17 @@ from PIL import Image
 from datacomp.formats.pool import POOL_SCHEMA
 from datacomp.pool import download as dl
 from datacomp.pool.byod import compute_uid
+from datacomp.pool.supervise import _i2d_kwargs
 
 PLAIN = (
     "import json, sys\n"
     "if __name__ == '__main__':\n"
+    "    kwargs = json.load(open(sys.argv[1]))\n"
+    "    if kwargs['distributor'] == 'ray':\n"
+    "        import ray\n"
+    "        ray.init(num_cpus=kwargs['processes_count'], include_dashboard=False, log_to_driver=False)\n"
     "    import img2dataset\n"
-    "    img2dataset.download(**json.load(open(sys.argv[1])))\n"
+    "    img2dataset.download(**kwargs)\n"
 )
 
 
@@ -108,20 +118,21 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--threads", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--distributor", choices=["multiprocessing", "ray"], default="multiprocessing")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-download-"))
     httpd, base = serve(make_images())
     try:
         write_metadata(root / "meta", base, args.images)
         opts = dl.DownloadOptions(samples_per_shard=args.per_shard, processes=args.processes, threads=args.threads,
-                                  retries=2, timeout=10)
-        env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled"}
+                                  retries=2, timeout=10, distributor=args.distributor)
+        env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         times: dict[str, list[float]] = {"plain": [], "datacomp": []}
         counts: dict[str, int] = {}
         for r in range(args.repeats):
             # plain img2dataset
             out = root / f"plain{r}"
-            kwargs = dl._i2d_kwargs(root / "meta", out / "shards", opts, "incremental", True)
+            kwargs = _i2d_kwargs(root / "meta", out / "shards", opts, "incremental", True)
             cfg = root / "plain.json"
             cfg.write_text(json.dumps(kwargs))
             t0 = time.perf_counter()
@@ -139,7 +150,7 @@ def main() -> None:
             shutil.rmtree(out)
         best = {k: min(v) for k, v in times.items()}
         print(json.dumps({
-            "images": args.images, "processes": args.processes, "threads": args.threads,
+            "images": args.images, "processes": args.processes, "threads": args.threads, "distributor": args.distributor,
             "plain_images_per_s": round(counts["plain"] / best["plain"], 1),
             "datacomp_images_per_s": round(counts["datacomp"] / best["datacomp"], 1),
             "ratio": round(best["plain"] / best["datacomp"] * counts["datacomp"] / max(counts["plain"], 1), 3),

@@ -296,3 +296,29 @@ def test_failure_kinds():
     assert dl.failure_kind("HTTP Error 302: The HTTP server returned a redirect error that would lead to an infinite loop.\n"
                            "The last 30x error message was:\nFound") == "redirect_loop"
     assert dl.failure_kind(None) == "unknown"
+
+
+def test_img2dataset_and_reference_flag_names_are_aliases():
+    from datacomp.cli import _download_options, build_parser
+    from datacomp.errors import ConfigError
+
+    p = build_parser()
+    ours = p.parse_args(["download", "--pool", "P", "--processes", "16", "--threads", "128", "--samples-per-shard", "5",
+                         "--resize-mode", "border", "--encode-format", "webp", "--image-size", "256",
+                         "--no-resize-only-if-bigger", "--skip-bbox-blurring", "--distributor", "ray"])
+    theirs = p.parse_args(["download", "--data_dir", "P", "--processes_count", "16", "--thread_count", "128",
+                           "--number_sample_per_shard", "5", "--resize_mode", "border", "--encode_format", "webp",
+                           "--image_size", "256", "--resize_only_if_bigger", "false", "--skip_bbox_blurring",
+                           "--distributor", "ray"])
+    o = _download_options(ours)
+    assert o == _download_options(theirs)
+    assert (o.processes, o.threads, o.samples_per_shard, o.resize_mode, o.encode_format, o.image_size,
+            o.resize_only_if_bigger, o.blur, o.distributor) == (16, 128, 5, "border", "webp", 256, False, False, "ray")
+    assert ours.pool == theirs.pool == "P"
+    d = _download_options(p.parse_args(["download-retry", "--pool", "P"]))
+    assert d == dl.DownloadOptions()  # the CLI's defaults are the stage's (the reference's but processes x threads)
+    bad = p.parse_args(["download", "--pool", "P", "--no-resize-only-if-bigger", "--resize_only_if_bigger", "true"])
+    with pytest.raises(ConfigError, match="contradicts"):
+        _download_options(bad)
+    with pytest.raises(ConfigError, match="distributor"):
+        dl.DownloadOptions(distributor="pyspark").validate()

@@ -51,6 +51,16 @@ def _count(low: int, high: int | None = None) -> Callable[[str], int]:
 POSITIVE = _count(1)
 
 
+def _boolean(text: str) -> bool:
+    """argparse type: true/false (also 1/0, yes/no), as img2dataset's command line takes them."""
+    v = text.strip().lower()
+    if v in ("true", "1", "yes"):
+        return True
+    if v in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 # ---- verbs --------------------------------------------------------------------------------------
 
 def cmd_synth(a: argparse.Namespace) -> int:
@@ -72,7 +82,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
     scale = load_scale(a.scale) if a.scale else None
     keys = tuple(a.keys.split(",")) if a.keys else ("b32", "l14")
     m = embed(Path(a.pool), teacher=a.teacher and not a.model, model=a.model, checkpoint=a.checkpoint,
-              scale=scale, seed=a.seed, workers=a.workers, overwrite=a.overwrite, keys=keys)
+              scale=scale, seed=a.seed, workers=a.workers, overwrite=a.overwrite, keys=keys, executor=a.executor)
     print(json.dumps({"pool": a.pool, "counts": m.counts, "timings": m.timings}, indent=2))
     return 0
 
@@ -151,11 +161,16 @@ def _warn_losses(m) -> None:
 def _download_options(a: argparse.Namespace):
     from .pool.download import DownloadOptions
 
+    only_bigger = not a.no_resize_only_if_bigger
+    if a.resize_only_if_bigger is not None:  # img2dataset's spelling of the same setting
+        if a.no_resize_only_if_bigger and a.resize_only_if_bigger:
+            raise ConfigError("--no-resize-only-if-bigger contradicts --resize_only_if_bigger true")
+        only_bigger = a.resize_only_if_bigger
     return DownloadOptions(
-        image_size=a.image_size, resize_mode=a.resize_mode, resize_only_if_bigger=not a.no_resize_only_if_bigger,
+        image_size=a.image_size, resize_mode=a.resize_mode, resize_only_if_bigger=only_bigger,
         encode_format=a.encode_format, samples_per_shard=a.samples_per_shard, blur=not a.skip_bbox_blurring,
         retries=a.retries, processes=a.processes, threads=a.threads, timeout=a.timeout,
-        max_seconds=a.max_seconds, max_bytes=a.max_bytes, max_pixels=a.max_pixels,
+        max_seconds=a.max_seconds, max_bytes=a.max_bytes, max_pixels=a.max_pixels, distributor=a.distributor,
     )
 
 
@@ -369,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--keys", help="npz key sets to fill, e.g. b32 or l14 (default b32,l14)")
     sp.add_argument("--scale", help="scale whose teacher settings to use (default: the pool's)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the teachers' training (--teacher; default %(default)s)")
+    sp.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="local processes, or one Ray task per shard (a GPU each where the cluster has GPUs; "
+                         "RAY_ADDRESS joins a cluster) (default %(default)s)")
     sp.add_argument("--overwrite", action="store_true", help="replace an output made with other parameters")
     workers(sp)
 
@@ -413,33 +431,58 @@ def build_parser() -> argparse.ArgumentParser:
     workers(sp)
 
     def image_flags(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--image-size", type=POSITIVE, default=512)
-        sp.add_argument("--resize-mode", default="keep_ratio_largest")
-        sp.add_argument("--no-resize-only-if-bigger", action="store_true")
-        sp.add_argument("--encode-format", default="jpg")
-        sp.add_argument("--samples-per-shard", type=POSITIVE, default=10000)
-        sp.add_argument("--skip-bbox-blurring", action="store_true", help="do not blur face_bboxes")
-        sp.add_argument("--retries", type=_count(0), default=2)
-        sp.add_argument("--processes", type=POSITIVE, default=2)
-        sp.add_argument("--threads", type=POSITIVE, default=64)
-        sp.add_argument("--timeout", type=float, default=10.0, help="seconds per socket operation")
-        sp.add_argument("--max-seconds", type=float, default=30.0, help="seconds per whole transfer")
-        sp.add_argument("--max-bytes", type=POSITIVE, default=32 * 1024 * 1024, help="largest file accepted")
-        sp.add_argument("--max-pixels", type=POSITIVE, default=89_478_485, help="largest decoded image area accepted")
+        # img2dataset's and the reference download_upstream.py's flag names are aliases of ours
+        sp.add_argument("--image-size", "--image_size", type=POSITIVE, default=512,
+                        help="largest side after resizing, in pixels (default %(default)s, as the reference)")
+        sp.add_argument("--resize-mode", "--resize_mode", default="keep_ratio_largest",
+                        choices=["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"],
+                        help="img2dataset's resize mode (default %(default)s, as the reference)")
+        sp.add_argument("--no-resize-only-if-bigger", "--no_resize_only_if_bigger", action="store_true",
+                        help="also upscale images smaller than --image-size (default: resize only bigger ones)")
+        sp.add_argument("--resize_only_if_bigger", type=_boolean, default=None, metavar="BOOL",
+                        help="img2dataset's form of the same setting: true (the default) or false")
+        sp.add_argument("--encode-format", "--encode_format", default="jpg", choices=["jpg", "png", "webp"],
+                        help="image format in the shards (default %(default)s, as the reference)")
+        sp.add_argument("--samples-per-shard", "--number_sample_per_shard", type=POSITIVE, default=10000,
+                        help="samples per output shard (default %(default)s, as the reference)")
+        sp.add_argument("--skip-bbox-blurring", "--skip_bbox_blurring", action="store_true",
+                        help="do not blur face_bboxes (default: blur them with the reference's kernel)")
+        sp.add_argument("--retries", type=_count(0), default=2,
+                        help="img2dataset's re-attempts per URL within a round (default %(default)s, as the reference)")
+        sp.add_argument("--processes", "--processes_count", type=POSITIVE, default=2,
+                        help="download processes; with --distributor ray, the CPUs of a local Ray instance "
+                             "(default %(default)s; the reference uses 16 on a download node)")
+        sp.add_argument("--threads", "--thread_count", type=POSITIVE, default=64,
+                        help="fetch threads per process (default %(default)s; the reference uses 128)")
+        sp.add_argument("--distributor", choices=["multiprocessing", "ray"], default="multiprocessing",
+                        help="img2dataset's distributor: processes on this machine, or one Ray task per shard on "
+                             "the Ray cluster at RAY_ADDRESS (else a local instance) (default %(default)s)")
+        sp.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds per socket operation (default %(default)s, img2dataset's)")
+        sp.add_argument("--max-seconds", type=float, default=30.0,
+                        help="seconds per whole transfer of one file (default %(default)s)")
+        sp.add_argument("--max-bytes", type=POSITIVE, default=32 * 1024 * 1024,
+                        help="largest file accepted, in bytes (default %(default)s)")
+        sp.add_argument("--max-pixels", type=POSITIVE, default=89_478_485,
+                        help="largest decoded image area accepted, in pixels (default %(default)s)")
 
     sp = add("download", cmd_download, "fetch CommonPool / your own metadata and download images with img2dataset")
-    sp.add_argument("--pool", required=True, help="pool directory to write (metadata/ and shards/)")
+    sp.add_argument("--pool", "--data_dir", required=True,
+                    help="pool directory: metadata/ and shards/ go under it (the reference's --data_dir)")
     sp.add_argument("--metadata", nargs="*", help="local parquet files or directories (default: the DataComp hub repo of --scale)")
     sp.add_argument("--scale", help="small, medium, large, xlarge or datacomp_1b (hub metadata; needs network)")
-    sp.add_argument("--download-npz", action="store_true", help="also fetch the published embeddings (.npz) beside the hub metadata")
-    sp.add_argument("--skip-shards", action="store_true", help="metadata only")
-    sp.add_argument("--overwrite-metadata", action="store_true", help="replace metadata already in POOL/metadata")
+    sp.add_argument("--download-npz", "--download_npz", action="store_true",
+                    help="also fetch the hub's npz embeddings (default: parquets only)")
+    sp.add_argument("--skip-shards", "--skip_shards", action="store_true", help="metadata only")
+    sp.add_argument("--overwrite-metadata", "--overwrite_metadata", action="store_true",
+                    help="fetch or copy the metadata again even if POOL/metadata has it")
     sp.add_argument("--overwrite", action="store_true", help="replace an output made with other parameters")
-    sp.add_argument("--retry-rounds", type=_count(0), default=0, help="re-fetch failed uids this many times")
+    sp.add_argument("--retry-rounds", type=_count(0), default=0,
+                    help="re-fetch failed uids this many times after the first round (default %(default)s)")
     image_flags(sp)
 
     sp = add("download-retry", cmd_download_retry, "re-download only the failed uids of a finished download into new shards")
-    sp.add_argument("--pool", required=True, help="pool directory of a finished download")
+    sp.add_argument("--pool", "--data_dir", required=True, help="pool directory of a finished download")
     image_flags(sp)
 
     sp = add("byod", cmd_byod, "bring your own data: url/caption tables or existing shards -> a pool")

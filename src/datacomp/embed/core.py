@@ -35,18 +35,25 @@ def score_column(key: str) -> str:
     return f"clip_{key}_similarity_score"
 
 
-def _encode(fn, batches) -> np.ndarray:
+def _encode(fn, batches, device: str = "cpu") -> np.ndarray:
     import torch
 
     outs = []
     with torch.inference_mode():
         for b in batches:
-            outs.append(fn(b).float())
+            outs.append(fn(b.to(device)).float())
     if not outs:
         return np.zeros((0, 0), np.float32)
     x = torch.cat(outs)
     x = torch.nn.functional.normalize(x, dim=-1)
-    return x.numpy().astype(np.float32)
+    return x.cpu().numpy().astype(np.float32)
+
+
+def _model(model: str, checkpoint: str | None, device: str) -> tuple[Any, Any, Any]:
+    """The process's cached model; on the CPU under the same cache key as callers that name no device."""
+    from ..train.models import cached_open_clip
+
+    return cached_open_clip(model, checkpoint) if device == "cpu" else cached_open_clip(model, checkpoint, device)
 
 
 def apply_score_scale(x: np.ndarray, scale: dict[str, float] | None, side: str) -> np.ndarray:
@@ -104,29 +111,26 @@ def fit_score_scale(raw: np.ndarray, english: np.ndarray, anchors: list[dict[str
 
 
 def embed_images(model: str, checkpoint: str | None, images: list[Any], batch_size: int = 256,
-                 threads: int = 1) -> np.ndarray:
+                 threads: int = 1, device: str = "cpu") -> np.ndarray:
     """L2-normalised float32 image embeddings ``[len(images), dim]`` of PIL images with one model
-    (loaded once per process, as the shard units load theirs)."""
+    (loaded once per process, as the shard units load theirs) on ``device``."""
     import torch
 
-    from ..train.models import cached_open_clip
-
     torch.set_num_threads(max(1, threads))
-    m, pre, _ = cached_open_clip(model, checkpoint)
+    m, pre, _ = _model(model, checkpoint, device)
     if not images:
         return np.zeros((0, int(getattr(m, "embed_dim", 0) or 0)), np.float32)
     pix = torch.stack([pre(im) for im in images])
-    return _encode(m.encode_image, (pix[i:i + batch_size] for i in range(0, len(images), batch_size)))
+    return _encode(m.encode_image, (pix[i:i + batch_size] for i in range(0, len(images), batch_size)), device)
 
 
 def embed_shard(parquet: str, tar: str, specs: list[dict[str, Any]], batch_size: int = 256, threads: int = 1,
-                write: bool = True) -> dict[str, Any]:
+                write: bool = True, device: str = "cpu") -> dict[str, Any]:
     """Embed one metadata parquet + shard tar with every model in ``specs`` ({keys, model, checkpoint,
-    score_scale}); ``write=False`` writes nothing and returns the scores and texts instead."""
+    score_scale}) on ``device`` ("cpu", or "cuda" in a task that holds a GPU); ``write=False``
+    writes nothing and returns the scores and texts instead."""
     import torch
     from PIL import Image
-
-    from ..train.models import cached_open_clip
 
     torch.set_num_threads(max(1, threads))
     t0 = time.time()
@@ -174,19 +178,20 @@ def embed_shard(parquet: str, tar: str, specs: list[dict[str, Any]], batch_size:
     pre_cache: dict[str, Any] = {}
     tok_cache: dict[tuple, list[Any]] = {}  # teachers usually share one tokenizer
     for spec in specs:
-        model, pre, tok = cached_open_clip(spec["model"], spec.get("checkpoint"))
+        model, pre, tok = _model(spec["model"], spec.get("checkpoint"), device)
         key_pre = repr(pre)
         if key_pre not in pre_cache:
             pre_cache[key_pre] = torch.stack([pre(im) for im in images]) if images else None
         pix = pre_cache[key_pre]
-        img = _encode(model.encode_image, (pix[i:i + batch_size] for i in range(0, len(images), batch_size))) if images else None
+        img = _encode(model.encode_image, (pix[i:i + batch_size] for i in range(0, len(images), batch_size)),
+                      device) if images else None
         if type(tok).__name__ == "SimpleTokenizer":
             key_tok = ("simple", tok.context_length, repr(getattr(tok, "clean_fn", None)), repr(getattr(tok, "reduction_fn", None)))
         else:
             key_tok = ("other", id(tok))
         if key_tok not in tok_cache:
             tok_cache[key_tok] = [tok(texts[i:i + batch_size]) for i in range(0, n, batch_size)]
-        txt = _encode(model.encode_text, tok_cache[key_tok])
+        txt = _encode(model.encode_text, tok_cache[key_tok], device)
         dim = txt.shape[1] if n else int(getattr(model, "embed_dim", 0) or 0)
         img_full = np.zeros((n, dim), np.float32)
         if img is not None:

@@ -149,7 +149,7 @@ def _targets_current(pool: Path, rec: dict[str, Any] | None, spec: TargetSpec, i
 
 
 def write_targets(pool: Path, spec: TargetSpec, model: str, checkpoint: str | None, ident: dict[str, Any],
-                  batch_size: int = 256, threads: int = 1) -> dict[str, Any]:
+                  batch_size: int = 256, threads: int = 1, device: str = "cpu") -> dict[str, Any]:
     """Render the world's targets, embed them with ``model`` and write POOL/targets/l14_img.npy
     (float32, L2-normalised rows) and its .json sidecar, each atomically; returns the record."""
     from ..pool.synth.targets import render_targets
@@ -157,7 +157,7 @@ def write_targets(pool: Path, spec: TargetSpec, model: str, checkpoint: str | No
 
     t0 = time.time()
     tg = render_targets(spec)
-    emb = embed_images(model, checkpoint, tg.images, batch_size, threads).astype(np.float32)
+    emb = embed_images(model, checkpoint, tg.images, batch_size, threads, device).astype(np.float32)
     emb = apply_score_scale(emb, ident.get("score_scale") if isinstance(ident, dict) else None, "img")
     if emb.shape[0] != spec.n or not np.isfinite(emb).all():
         raise InputError(f"{model}: target embeddings have shape {emb.shape} or non-finite values (expected {spec.n} rows)")
@@ -192,8 +192,9 @@ def _ensure_targets(pool: Path, sdir: Path, spec: TargetSpec, model: str, checkp
 def _embed_unit(kind: str, *args: Any) -> dict[str, Any]:
     """One unit of the stage (module-level, so process pools and Ray can pickle it): a pool shard or the targets."""
     if kind == "targets":
-        pool, spec, model, checkpoint, ident, batch_size, threads = args
-        return write_targets(Path(pool), spec, model, checkpoint, ident, batch_size=batch_size, threads=threads)
+        pool, spec, model, checkpoint, ident, batch_size, threads, device = args
+        return write_targets(Path(pool), spec, model, checkpoint, ident, batch_size=batch_size, threads=threads,
+                             device=device)
     return embed_shard(*args)
 
 
@@ -265,6 +266,8 @@ def embed(
     scale) on POOL/curated, one per key, and embed with them. ``model=ARCH`` (open_clip name,
     bundled config name, ``local-dir:DIR`` or a DIR) with a local ``checkpoint``: one model for
     every key in ``keys``. Units are shards; a killed run resumes; ``manifest.json`` is last.
+    ``executor="ray"``: one Ray task per shard, with one GPU each on a cluster that has GPUs
+    (the models run on it), on the CPU otherwise (then bit-identical to ``"local"``).
     """
     pool = require_pool_dir(pool)
     keys = tuple(keys)
@@ -343,8 +346,15 @@ def embed(
     ncpu = cpu_count()
     nw = max(1, min(workers, len(parquets)))
     threads = max(1, ncpu // nw)
+    gpus = 0.0  # Ray with GPUs: one GPU per unit's task, the models on it; otherwise the CPU
+    if executor == "ray":
+        from ..executors.ray_executor import cluster_gpus
+
+        gpus = 1.0 if cluster_gpus(nw) > 0 else 0.0
+    device = "cuda" if gpus else "cpu"
     suffix = "+".join(keys)
-    units = [Unit(name=f"{p.stem}.{suffix}", args=("shard", str(p), str(t), specs, batch_size, threads), weight=parquet_num_rows(p))
+    units = [Unit(name=f"{p.stem}.{suffix}", args=("shard", str(p), str(t), specs, batch_size, threads, True, device),
+                  weight=parquet_num_rows(p))
              for p, t in zip(parquets, tars)]
     targets_rec = None
     if tspec is not None:  # an embedded world: the image-based filter's targets, by the model that fills l14
@@ -356,12 +366,13 @@ def embed(
         if not _targets_current(pool, read_marker(sdir, TARGETS_UNIT), tspec, ident):
             marker_path(sdir, TARGETS_UNIT).unlink(missing_ok=True)  # file gone or changed, other model: redo
         # one more unit, last: a worker that embedded a shard has the l14 model loaded already
-        units.append(Unit(name=TARGETS_UNIT, args=("targets", str(pool), tspec, tmodel, tckpt, ident, batch_size, threads),
+        units.append(Unit(name=TARGETS_UNIT, args=("targets", str(pool), tspec, tmodel, tckpt, ident, batch_size, threads, device),
                           weight=tspec.n))
     elif previous is not None and overwrite and TARGETS_KEY not in keys and previous.extra.get("targets"):
         targets_rec = previous.extra["targets"]  # l14 untouched: its targets stay valid
     t1 = time.time()
-    results = run_units(_embed_unit, units, sdir, workers=nw, executor=executor, desc="embed", unit_label="pairs")
+    results = run_units(_embed_unit, units, sdir, workers=nw, executor=executor, desc="embed", unit_label="pairs",
+                        gpus_per_unit=gpus)
     if tspec is not None:
         targets_rec = results.pop(TARGETS_UNIT)
     embed_s = time.time() - t1
@@ -386,7 +397,8 @@ def embed(
                 "missing_images": sum(r["missing_images"] for r in results.values()),
                 "extra_samples": sum(r["extra_samples"] for r in results.values())},
         timings=timings,
-        extra={"models": records, "pairs_per_s_per_worker": round(rows / unit_s, 1) if unit_s > 0 else None,
+        extra={"models": records, "executor": executor, "device": device,
+               "pairs_per_s_per_worker": round(rows / unit_s, 1) if unit_s > 0 else None,
                "missing_images_policy": "zero image vector, NaN score"},
     )
     if targets_rec is not None:

@@ -28,8 +28,13 @@ def run_units(
     executor: str = "local",
     desc: str = "units",
     unit_label: str = "rows",
+    gpus_per_unit: float = 0,
 ) -> dict[str, dict[str, Any]]:
-    """Run ``fn(*unit.args)`` for every unit; return {unit name: result dict}."""
+    """Run ``fn(*unit.args)`` for every unit; return {unit name: result dict}.
+
+    ``gpus_per_unit`` > 0 (Ray only) reserves that many GPUs for each unit's task."""
+    if gpus_per_unit and executor != "ray":
+        raise ConfigError(f"gpus per unit need the ray executor, not '{executor}'")
     names = [u.name for u in units]
     if len(set(names)) != len(names):
         raise ValueError("unit names must be unique")
@@ -57,7 +62,7 @@ def run_units(
     elif executor == "ray":
         from .ray_executor import map_ray
 
-        stream = map_ray(fn, todo, workers)
+        stream = map_ray(fn, todo, workers, num_gpus=gpus_per_unit)
     else:
         raise ConfigError(f"unknown executor '{executor}' (choose local, threads or ray)")
     with progress(total=sum(u.weight for u in todo), desc=desc, unit=unit_label) as bar:

@@ -1,4 +1,5 @@
-"""Ray executor: the same unit function submitted as Ray tasks (one CPU each).
+"""Ray executor: the same unit function submitted as Ray tasks (one CPU each, and ``num_gpus``
+GPUs each when the caller asks for them: :func:`cluster_gpus` says whether the cluster has any).
 
 Connection: an already initialised Ray (``ray.init(...)`` by the caller, e.g. a test fixture or a
 notebook) is used as it is; otherwise ``ray.init(address=RAY_ADDRESS)`` when that variable is set
@@ -44,11 +45,19 @@ def _ensure_ray(workers: int) -> Any:
     return ray
 
 
-def map_ray(fn: Callable[..., dict[str, Any]], units: list[Unit], workers: int) -> Iterator[tuple[Unit, dict[str, Any]]]:
-    """Yield (unit, result) as Ray tasks finish. At most ``workers`` run at once per call when Ray
-    was started here; on a cluster, Ray schedules them over its CPUs."""
+def cluster_gpus(workers: int) -> float:
+    """GPUs in the Ray cluster (joined or started as :func:`map_ray` would); 0 on a CPU-only one."""
     ray = _ensure_ray(workers)
-    remote = ray.remote(num_cpus=1, max_retries=0)(fn)
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def map_ray(fn: Callable[..., dict[str, Any]], units: list[Unit], workers: int,
+            num_gpus: float = 0) -> Iterator[tuple[Unit, dict[str, Any]]]:
+    """Yield (unit, result) as Ray tasks finish. At most ``workers`` run at once per call when Ray
+    was started here; on a cluster, Ray schedules them over its CPUs (and GPUs: ``num_gpus`` per
+    task, Ray sets each task's ``CUDA_VISIBLE_DEVICES``)."""
+    ray = _ensure_ray(workers)
+    remote = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=0)(fn)
     refs = {remote.remote(*u.args): u for u in units}
     try:
         while refs:

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "download"
 # settings that change how fast a download runs, not what it writes: not its parameters
-RUN_ONLY_OPTIONS = ("processes", "threads", "subjob_size")
+RUN_ONLY_OPTIONS = ("processes", "threads", "subjob_size", "distributor")
 
 
 def download_output(pool: Path, params: dict[str, Any], overwrite: bool = False) -> StageOutput:

@@ -15,6 +15,10 @@ every other part of img2dataset (reader, resizer, writers, incremental mode, sta
 * ``BoundingBoxBlurrer`` -> :class:`datacomp.pool.blur.ReferenceBlurrer` (DATACOMP.md §3.2
   kernel size; img2dataset 1.47.0's own blurrer uses a smaller kernel).
 
+With ``distributor="ray"`` the child first joins or starts Ray (``pool/i2d_ray.py``); both
+replacements reach the Ray workers inside the pickled downloader, as they reach the spawned
+processes of the multiprocessing distributor.
+
 The child and img2dataset's spawned workers (which import this module as ``__mp_main__``) mark
 ``torch`` as unavailable before importing img2dataset: webdataset would import it (~3 s and
 ~600 MB per process) and img2dataset never uses it.
@@ -125,6 +129,10 @@ def run(config: dict[str, Any]) -> None:
         from datacomp.pool.blur import ReferenceBlurrer
 
         i2d_main.BoundingBoxBlurrer = ReferenceBlurrer
+    if config["kwargs"].get("distributor") == "ray":
+        from datacomp.pool.i2d_ray import connect
+
+        connect(config.get("ray_processes", 1))
     img2dataset.download(**config["kwargs"])
     if config.get("rusage_out"):
         with open(config["rusage_out"], "w") as f:

@@ -1,6 +1,13 @@
-"""Download metadata: CommonPool's parquets (and npz) into ``POOL/metadata``, from local files or
-the DataComp repos on the Hugging Face hub; an existing ``POOL/metadata`` is replaced only on
-request, and then built beside the old one and swapped in."""
+"""Download metadata: CommonPool's parquets (and npz) into ``POOL/metadata``, from local files,
+object stores (``s3://``, ``gs://``, any fsspec URL) or the DataComp repos on the Hugging Face
+hub; an existing ``POOL/metadata`` is replaced only on request, and then built beside the old one
+and swapped in.
+
+A URL source is read through fsspec with its usual configuration (credentials and endpoint from
+the environment: ``AWS_*`` / ``AWS_ENDPOINT_URL`` for s3fs, ``FSSPEC_S3_*``, gcsfs's own); the
+files are copied into ``POOL/metadata``, so every later stage reads local files. ``s3://`` is
+tested against a local S3-compatible server (moto); ``gs://`` (gcsfs) is not tested.
+"""
 from __future__ import annotations
 
 import logging
@@ -35,7 +42,8 @@ def fetch_metadata(
 ) -> list[Path]:
     """Put metadata parquets (and npz) into ``POOL/metadata``.
 
-    ``source``: a directory of parquets, one parquet, or a list of paths (local). ``scale``
+    ``source``: a directory of parquets, one parquet, or a list of paths (local), or URLs of the
+    same (``s3://bucket/metadata/``, read through fsspec and copied in). ``scale``
     (without ``source``): the DataComp HF dataset repo of that scale, through
     ``huggingface_hub.snapshot_download`` (needs network; never used by the tests, which fake it).
     An existing ``POOL/metadata`` is kept unless ``overwrite`` (like the reference).
@@ -47,6 +55,17 @@ def fetch_metadata(
         return sorted(mdir.glob("*.parquet"))
     if source is None and scale is None:
         raise ConfigError("download needs metadata: a local path (--metadata) or a scale (--scale) for the HF hub")
+    urls = _urls(source) if source is not None else None
+    if urls:
+        remote = _remote_metadata_files(urls)  # listed and checked before anything is replaced
+        with replaced_dir(mdir) as new:
+            for fs, path in remote:
+                name = path.rsplit("/", 1)[-1]
+                _get(fs, path, new / name)
+                npz = path[: -len(".parquet")] + ".npz"
+                if fs.isfile(npz):
+                    _get(fs, npz, new / (name[: -len(".parquet")] + ".npz"))
+        return sorted(mdir.glob("*.parquet"))
     if source is not None:
         files = _local_metadata_files(source)
         check_apart(mdir, {"metadata": files})
@@ -88,6 +107,64 @@ def _local_metadata_files(source) -> list[Path]:
             if c not in cols:
                 raise InputError(f"{f}: metadata has no '{c}' column (bring-your-own data: use datacomp.pool.byod)")
     return files
+
+
+def _urls(source) -> list[str] | None:
+    """The source as fsspec URLs when it is one or several (never a mix with local paths)."""
+    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    remote = [str(i) for i in items if "://" in str(i)]
+    if not remote:
+        return None
+    if len(remote) != len(items):
+        raise InputError("metadata: give local paths or URLs, not both: " + ", ".join(map(str, items)))
+    return remote
+
+
+def _remote_metadata_files(urls: list[str]) -> list[tuple[object, str]]:
+    """(filesystem, path) of every parquet named by ``urls`` (files, or directories of them), checked."""
+    try:
+        import fsspec
+    except ImportError:  # pragma: no cover - fsspec comes with img2dataset
+        raise ConfigError("metadata from a URL needs fsspec: pip install fsspec") from None
+    out = []
+    for url in urls:
+        try:
+            fs, root = fsspec.core.url_to_fs(url)
+            if fs.isdir(root):
+                found = sorted(p for p in fs.ls(root, detail=False)
+                               if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith("."))
+                if not found:
+                    raise InputError(f"{url}: no .parquet metadata files")
+            elif fs.isfile(root) and root.endswith(".parquet"):
+                found = [root]
+            else:
+                raise InputError(f"{url}: not a parquet file or a directory of them")
+        except (ImportError, ValueError) as e:  # no driver for the protocol (gcsfs, s3fs), a bad URL
+            raise ConfigError(f"{url}: {' '.join(str(e).split())}") from None
+        except OSError as e:  # unreachable, denied, no such bucket
+            raise InputError(f"{url}: cannot list metadata: {' '.join(str(e).split())}") from None
+        out += [(fs, p) for p in found]
+    names = [p.rsplit("/", 1)[-1] for _, p in out]
+    if len(set(names)) != len(names):
+        raise InputError("metadata files must have distinct names: " + ", ".join(sorted({n for n in names if names.count(n) > 1})))
+    for fs, p in out:
+        try:
+            with fs.open(p, "rb") as f:
+                cols = pq.ParquetFile(f).schema_arrow.names
+        except Exception as e:  # pyarrow and the filesystems raise several types
+            raise InputError(f"{fs.unstrip_protocol(p)}: cannot read parquet: {' '.join(str(e).split())}") from None
+        for c in ("uid", "url", "text"):
+            if c not in cols:
+                raise InputError(f"{fs.unstrip_protocol(p)}: metadata has no '{c}' column")
+    return out
+
+
+def _get(fs, path: str, dst: Path) -> None:
+    try:
+        with fs.open(path, "rb") as src, open(dst, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 22)
+    except OSError as e:
+        raise InputError(f"{fs.unstrip_protocol(path)}: cannot copy: {' '.join(str(e).split())}") from None
 
 
 def _copy(src: Path, dst: Path) -> None:

@@ -29,6 +29,9 @@ from ..formats.atomic import write_json
 log = logging.getLogger("datacomp.pool.download")  # one logger for the download's lines
 
 
+DISTRIBUTORS = ("multiprocessing", "ray")
+
+
 @dataclass
 class DownloadOptions:
     """img2dataset settings; defaults are the reference's ``download_upstream.py`` ones."""
@@ -50,15 +53,23 @@ class DownloadOptions:
     subjob_size: int = 1000
     bounded: bool = True  # False runs plain img2dataset (for benchmarks)
     reference_blur: bool = True
+    distributor: str = "multiprocessing"  # or "ray": img2dataset's Ray distributor (pool/i2d_ray.py)
 
     def validate(self) -> None:
         if self.resize_mode not in ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"):
             raise ConfigError(f"unknown resize mode '{self.resize_mode}'")
+        if self.distributor not in DISTRIBUTORS:
+            raise ConfigError(f"unknown distributor '{self.distributor}' ({' or '.join(DISTRIBUTORS)})")
         if self.encode_format not in ("jpg", "png", "webp"):
             raise ConfigError(f"unknown encode format '{self.encode_format}' (jpg, png or webp)")
         for name in ("image_size", "samples_per_shard", "processes", "threads", "max_bytes", "max_pixels"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.distributor == "ray":
+            import importlib.util
+
+            if importlib.util.find_spec("ray") is None:
+                raise ConfigError("the ray distributor needs the 'ray' package: pip install 'datacomp[ray]'")
         if self.retries < 0:
             raise ConfigError(f"retries must be >= 0, got {self.retries}")
 
@@ -86,7 +97,7 @@ def _i2d_kwargs(url_list: Path, shards: Path, opts: DownloadOptions, mode: str, 
         "subjob_size": int(opts.subjob_size),
         "incremental_mode": mode,
         "enable_wandb": False,
-        "distributor": "multiprocessing",
+        "distributor": opts.distributor,
     }
 
 
@@ -102,10 +113,17 @@ def run_img2dataset(url_list: Path, shards: Path, opts: DownloadOptions, mode: s
         "max_bytes": opts.max_bytes,
         "max_seconds": opts.max_seconds,
         "rusage_out": str(shards.parent / f".{shards.name}.rusage.json"),
+        "ray_processes": int(opts.processes),
     }
     env = dict(os.environ)
     env.update({"NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
                 "WANDB_MODE": "disabled", "OPENCV_IO_MAX_IMAGE_PIXELS": str(int(opts.max_pixels))})
+    if opts.distributor == "ray":
+        from .i2d_ray import parent_address
+
+        address = parent_address()  # a Ray this process already joined: the child joins it too
+        if address:
+            env["RAY_ADDRESS"] = address
     cfg_path = str(shards.parent / f".{shards.name}.i2d-config.json")  # one name: a killed run's is overwritten
     write_json(cfg_path, cfg)
     t0 = time.time()
@@ -178,7 +196,7 @@ def reap_stale_runner(runner_file: Path) -> None:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"datacomp.pool.i2d" in cmd or b"multiprocessing" in cmd:
+        if b"datacomp.pool.i2d" in cmd or b"multiprocessing" in cmd or b"/ray/" in cmd:  # ray: a local instance
             ours = True
     if ours:
         log.warning("ending img2dataset processes (group %d) left by an interrupted download", pgid)
