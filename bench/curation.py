@@ -1,0 +1,161 @@
+"""Curation ops measured against the embedded world's truth, and their speed.
+
+    PYTHONPATH=src .venv/bin/python bench/curation.py quality --pools P0 [P1 ...]
+    PYTHONPATH=src .venv/bin/python bench/curation.py speed [--rows 1000000] [--dim 768] [--evals 100000]
+
+``quality``: for every pool (an embedded world: ``POOL/truth/``), semdedup and decontaminate
+run as their recipes at the default parameters (``datacomp filter``, the real stage) and along
+a threshold sweep, and are scored against the truth:
+
+* semdedup: the planted duplicates are the rows with ``duplicate_of`` (a copy of another pool
+  row, ``duplicate_kind`` exact or near). A removed row is *right* when the row it matched is in
+  its planted group (the copy and its original); precision = right / removed, recall = right /
+  planted copies (the ideal removes every copy and keeps one row of each group). The sweep reuses
+  one pass: SemDeDup's decision for a row (its best similarity with an earlier row in its
+  cluster, in keep order) does not depend on the other rows' decisions, so one pass at a loose
+  threshold gives every threshold's result.
+* decontaminate: the eval copies are the rows with ``eval_copy`` (``task:image``, exact or near);
+  a flagged row is right when its nearest eval image is the one it copies; precision = right /
+  flagged, recall = right / eval copies.
+
+``speed``: random unit vectors (clustered, so k-means has structure): one faiss k-means alone,
+then semdedup's own work on the same data with the same clusters (assignment + the exact
+within-cluster search), and decontaminate's search of a pool against an eval set, with the
+ratios the targets are stated in.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SD_THRESHOLDS = (0.99, 0.995, 0.998, 0.999, 0.9995, 0.9998, 0.9999, 0.99995)
+
+
+# ---- truth ---------------------------------------------------------------------------------------
+
+def read_truth(pool: Path, columns: list[str]) -> dict[str, list]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pa.concat_tables([pq.read_table(p, columns=columns) for p in sorted((pool / "truth").glob("*.parquet"))])
+    return {c: t.column(c).to_pylist() for c in columns}
+
+
+def dedup_scores(pairs: list[tuple[str, str]], truth: dict[str, list]) -> dict[str, float]:
+    """Precision and recall of removals (uid, the uid it matched) against the planted duplicates."""
+    group = {u: (d if d else u) for u, d in zip(truth["uid"], truth["duplicate_of"])}
+    planted = sum(1 for d in truth["duplicate_of"] if d)
+    right = sum(1 for u, k in pairs if group.get(u) == group.get(k))
+    n = len(pairs)
+    return {"removed": n, "right": right, "planted": planted, "precision": right / n if n else float("nan"),
+            "recall": right / planted if planted else float("nan")}
+
+
+def contamination_scores(flags: list[tuple[str, str]], truth: dict[str, list]) -> dict[str, float]:
+    """Precision and recall of flagged rows (uid, 'task:image id' matched) against the eval copies."""
+    copy = {u: c for u, c in zip(truth["uid"], truth["eval_copy"]) if c}
+    right = sum(1 for u, e in flags if copy.get(u) == e)
+    n = len(flags)
+    return {"flagged": n, "right": right, "copies": len(copy), "precision": right / n if n else float("nan"),
+            "recall": right / len(copy) if copy else float("nan")}
+
+
+# ---- semdedup -------------------------------------------------------------------------------------
+
+def pool_embeddings(pool: Path, key: str = "l14_img") -> tuple[list[str], np.ndarray]:
+    import pyarrow.parquet as pq
+
+    uids, embs = [], []
+    for p in sorted((pool / "metadata").glob("*.parquet")):
+        uids += pq.read_table(p, columns=["uid"]).column("uid").to_pylist()
+        with np.load(p.with_suffix(".npz")) as z:
+            embs.append(z[key].astype(np.float32))
+    return uids, np.concatenate(embs)
+
+
+def semdedup_sweep(pool: Path, centroids: Path, keep: str = "farthest") -> list[tuple[str, str, float]]:
+    """Every row's (uid, best earlier match's uid, similarity) within its cluster, in keep order."""
+    from datacomp.filters.ops.semdedup import _unit_rows, assign_clusters, earlier_matches, order_cluster
+
+    uids, x = pool_embeddings(pool)
+    cent = np.load(centroids)
+    use = np.flatnonzero(np.any(x != 0, axis=1))
+    cl = np.full(len(x), -1)
+    cl[use] = assign_clusters(x[use], cent)[0]
+    out = []
+    for c in range(len(cent)):
+        idx = np.flatnonzero(cl == c)
+        if len(idx) < 2:
+            continue
+        xc = _unit_rows(x[idx])
+        order = order_cluster(xc, cent[c], keep, None)
+        arg, best = earlier_matches(np.ascontiguousarray(xc[order]), 1.0)
+        for j in range(1, len(order)):
+            out.append((uids[idx[order[j]]], uids[idx[order[arg[j]]]], float(best[j])))
+    return out
+
+
+def filter_run(pool: Path, recipe: str, out: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    from datacomp.filters import run_filter
+
+    m = run_filter(pool, recipe, out, overrides=overrides, workers=2, overwrite=True)
+    return dict(m.extra["globals"])
+
+
+def semdedup_quality(pool: Path, work: Path) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    truth = read_truth(pool, ["uid", "duplicate_of"])
+    g = filter_run(pool, "semdedup", work / "semdedup.npy")
+    t = pq.read_table(g["semdedup_duplicates"]).to_pydict()
+    default = dedup_scores(list(zip(t["uid"], t["kept_uid"])), truth)
+    default["threshold"] = g["semdedup_threshold"]
+    rows = semdedup_sweep(pool, Path(g["centroids"]))
+    sweep = []
+    for th in SD_THRESHOLDS:
+        s = dedup_scores([(u, k) for u, k, sim in rows if sim > th], truth)
+        s["threshold"] = th
+        sweep.append(s)
+    return {"default": default, "sweep": sweep}
+
+
+def _fmt(v: float) -> str:
+    return "  -  " if v != v else f"{v:.3f}"
+
+
+def format_pr(title: str, rows: list[dict[str, Any]], count: str) -> str:
+    lines = [title, f"  {'threshold':>10}  {count:>8}  {'right':>6}  {'precision':>9}  {'recall':>6}"]
+    for r in rows:
+        lines.append(f"  {r['threshold']:>10.5f}  {r[count]:>8}  {r['right']:>6}  {_fmt(r['precision']):>9}  {_fmt(r['recall']):>6}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("quality")
+    q.add_argument("--pools", nargs="+", required=True)
+    q.add_argument("--work", default="/tmp/datacomp-curation")
+    args = ap.parse_args(argv)
+    print(f"load {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}, {os.cpu_count()} cpus")
+    if args.cmd == "quality":
+        for pool in map(Path, args.pools):
+            work = Path(args.work) / pool.parent.name
+            work.mkdir(parents=True, exist_ok=True)
+            sd = semdedup_quality(pool, work)
+            print(f"\n== {pool}")
+            print(format_pr("semdedup (default eps)", [sd["default"]], "removed"))
+            print(format_pr("semdedup sweep (similarity > threshold)", sd["sweep"], "removed"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
