@@ -67,9 +67,19 @@ def cmd_embed(a: argparse.Namespace) -> int:
     from .config import load_scale
     from .embed import embed
 
+    scale = load_scale(a.scale) if a.scale else None
+    if a.train_filter_network or a.filter_network:
+        from .embed import filter_network
+
+        if a.train_filter_network and a.filter_network:
+            raise DatacompError("embed: give --train-filter-network or --filter-network DIR, not both")
+        m = filter_network(Path(a.pool), data=a.data, model=a.filter_network, checkpoint=a.checkpoint, scale=scale,
+                           seed=a.seed, workers=a.workers, overwrite=a.overwrite)
+        print(json.dumps({"pool": a.pool, "counts": m.counts, "timings": m.timings,
+                          "score_column": m.extra["network"]["score_column"]}, indent=2))
+        return 0
     if not a.teacher and not (a.model and a.checkpoint):
         raise DatacompError("embed needs --teacher, or --model ARCH with --checkpoint CKPT")
-    scale = load_scale(a.scale) if a.scale else None
     keys = tuple(a.keys.split(",")) if a.keys else ("b32", "l14")
     m = embed(Path(a.pool), teacher=a.teacher and not a.model, model=a.model, checkpoint=a.checkpoint,
               scale=scale, seed=a.seed, workers=a.workers, overwrite=a.overwrite, keys=keys)
@@ -280,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", help="local checkpoint for --model")
     sp.add_argument("--keys", help="npz key sets to fill, e.g. b32 or l14 (default b32,l14)")
     sp.add_argument("--scale", help="scale whose teacher settings to use (default: the pool's)")
+    sp.add_argument("--train-filter-network", action="store_true",
+                    help="train a data filtering network (CLIP on high-quality pairs: --data, default POOL/curated) at "
+                         "the scale's teachers.dfn protocol and score the pool with it (npz dfn_img/dfn_txt, column "
+                         "clip_dfn_similarity_score; recipe dfn_top_30)")
+    sp.add_argument("--data", help="directory of webdataset shards of high-quality pairs for --train-filter-network")
+    sp.add_argument("--filter-network", metavar="DIR",
+                    help="score the pool with a filtering network trained elsewhere: an open_clip local-dir (config + "
+                         "weights), an open_clip name, or an ARCH with --checkpoint CKPT")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--overwrite", action="store_true")
     workers(sp)
