@@ -127,6 +127,34 @@ def semdedup_quality(pool: Path, work: Path) -> dict[str, Any]:
     return {"default": default, "sweep": sweep}
 
 
+DC_THRESHOLDS = (0.99, 0.995, 0.998, 0.999, 0.9995, 0.9998, 0.9999, 0.99995)
+
+
+def decontaminate_quality(pool: Path, work: Path) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    from datacomp.filters.ops.decontaminate import nearest_eval
+
+    truth = read_truth(pool, ["uid", "eval_copy"])
+    g = filter_run(pool, "decontaminate", work / "decontaminate.npy")
+    t = pq.read_table(g["decontaminate_table"]).to_pydict()
+    default = contamination_scores(list(zip(t["uid"], t["eval_id"])), truth)
+    default["threshold"] = g["decontaminate_threshold"]
+    evals = np.load(g["eval_embeddings"])
+    ids = json.loads(Path(g["eval_embeddings"]).with_suffix(".json").read_text())["ids"]
+    uids, x = pool_embeddings(pool)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    use = norms[:, 0] > 0
+    sims, idx = nearest_eval(x[use] / norms[use], evals)
+    u = [uid for uid, ok in zip(uids, use) if ok]
+    sweep = []
+    for th in DC_THRESHOLDS:
+        s = contamination_scores([(u[i], ids[idx[i]]) for i in np.flatnonzero(sims >= th)], truth)
+        s["threshold"] = th
+        sweep.append(s)
+    return {"default": default, "sweep": sweep, "tasks": g["decontaminate_tasks"]}
+
+
 def _fmt(v: float) -> str:
     return "  -  " if v != v else f"{v:.3f}"
 
@@ -144,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     q = sub.add_parser("quality")
     q.add_argument("--pools", nargs="+", required=True)
     q.add_argument("--work", default="/tmp/datacomp-curation")
+    q.add_argument("--json", help="also write the figures as JSON here")
     args = ap.parse_args(argv)
     print(f"load {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}, {os.cpu_count()} cpus")
+    results: list[dict[str, Any]] = []
     if args.cmd == "quality":
         for pool in map(Path, args.pools):
             work = Path(args.work) / pool.parent.name
@@ -154,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n== {pool}")
             print(format_pr("semdedup (default eps)", [sd["default"]], "removed"))
             print(format_pr("semdedup sweep (similarity > threshold)", sd["sweep"], "removed"))
+            dc = decontaminate_quality(pool, work)
+            print(format_pr("decontaminate (default threshold)", [dc["default"]], "flagged"))
+            print(format_pr("decontaminate sweep (similarity >= threshold)", dc["sweep"], "flagged"))
+            results.append({"pool": str(pool), "semdedup": sd, "decontaminate": dc})
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
 
 

@@ -107,6 +107,18 @@ def cmd_filter(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_decontaminate(a: argparse.Namespace) -> int:
+    from .filters.contamination import decontaminate_pool, format_contamination
+    from .formats.pool import validate_pool
+
+    validate_pool(a.pool)
+    summary = decontaminate_pool(Path(a.pool), evalsets=a.evalsets, threshold=a.threshold, model=a.model,
+                                 checkpoint=a.checkpoint, workers=a.workers, executor=a.executor,
+                                 overwrite=a.overwrite)
+    print(format_contamination(summary))
+    return 0
+
+
 def _explain(pool: Path, out: Path, summary: dict[str, Any], n: int) -> None:
     import pyarrow.parquet as pq
 
@@ -311,6 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--list", action="store_true", help="list every op and recipe")
     sp.add_argument("--explain", type=int, metavar="N", help="also show N dropped rows per deciding rule, with the "
                     "values that decided, and write them to SUBSET.explain.parquet")
+    sp.add_argument("--overwrite", action="store_true", help="replace an output made with other parameters")
+    workers(sp)
+
+    sp = add("decontaminate", cmd_decontaminate, "which eval tasks a pool contaminates: pool images that are near-duplicates "
+             "of eval-set test images (POOL/decontaminate/contamination.parquet, and the pool without them)")
+    sp.add_argument("--pool", required=True)
+    sp.add_argument("--evalsets", help="eval-set directory in clip_benchmark's layout (default POOL/evalsets)")
+    sp.add_argument("--threshold", type=float, help="cosine at or above which a pool image is a copy (default: the recipe's)")
+    sp.add_argument("--model", help="the model that made the pool's l14_img embeddings (default: the embed manifest's)")
+    sp.add_argument("--checkpoint", help="local checkpoint for --model")
+    sp.add_argument("--executor", choices=["local", "ray"], default="local")
     sp.add_argument("--overwrite", action="store_true", help="replace an output made with other parameters")
     workers(sp)
 
