@@ -166,6 +166,75 @@ def format_pr(title: str, rows: list[dict[str, Any]], count: str) -> str:
     return "\n".join(lines)
 
 
+# ---- speed ---------------------------------------------------------------------------------------
+
+def clustered(n: int, d: int, k: int, seed: int) -> np.ndarray:
+    """n unit vectors around k random centres (float16 like pool npz, returned as float32)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d)).astype(np.float32)
+    x = centres[rng.integers(0, k, n)] + rng.normal(scale=0.6, size=(n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float16).astype(np.float32)
+
+
+def speed_semdedup(n: int, d: int, per_cluster: int = 1000) -> dict[str, float]:
+    """One faiss k-means (the kmeans op's settings) vs semdedup's own work on the same clusters."""
+    import faiss
+
+    from datacomp.filters.ops.semdedup import _unit_rows, assign_clusters, dedup_cluster
+
+    k = max(1, n // per_cluster)
+    x = clustered(n, d, k, 0)
+    t0 = time.perf_counter()
+    clus = faiss.Clustering(d, k)
+    clus.niter, clus.seed, clus.max_points_per_centroid, clus.verbose = 20, 0, 10_000_000, False
+    clus.train(x, faiss.IndexFlatL2(d))
+    cent = faiss.vector_to_array(clus.centroids).reshape(k, d)
+    t_kmeans = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cl = assign_clusters(x, cent)[0]
+    t_assign = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    order = np.argsort(cl, kind="stable")
+    bounds = np.searchsorted(cl[order], np.arange(k + 1))
+    removed = 0
+    for c in range(k):
+        idx = order[bounds[c]:bounds[c + 1]]
+        removed += len(dedup_cluster(_unit_rows(x[idx]), cent[c], 0.0001, "farthest")[0])
+    t_search = time.perf_counter() - t0
+    return {"rows": n, "dim": d, "clusters": k, "kmeans_s": t_kmeans, "assign_s": t_assign, "search_s": t_search,
+            "removed": removed, "ratio": (t_kmeans + t_assign + t_search) / t_kmeans}
+
+
+def speed_decontaminate(n: int, n_eval: int, d: int) -> dict[str, float]:
+    """The decontaminate op's index build (IVF from 20k eval images) and search of n pool rows."""
+    import tempfile
+
+    import faiss
+
+    from datacomp.filters.ops.decontaminate import IVF_NPROBE, build_ivf, nearest_eval
+
+    evals = clustered(n_eval, d, max(1, n_eval // 1000), 1)
+    rng = np.random.default_rng(2)
+    pool = clustered(n, d, max(1, n // 1000), 3)
+    planted = rng.choice(n, min(1000, n), replace=False)
+    pool[planted] = evals[rng.choice(n_eval, len(planted), replace=False)]  # copies to find
+    t0 = time.perf_counter()
+    index = None
+    if n_eval >= 20000:
+        with tempfile.TemporaryDirectory() as tmp:
+            build_ivf(evals, Path(tmp) / "e.ivf")
+            index = faiss.read_index(str(Path(tmp) / "e.ivf"))
+        index.nprobe = IVF_NPROBE
+    t_build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sims, _ = nearest_eval(pool, evals, index)
+    t_search = time.perf_counter() - t0
+    found = int((sims[planted] >= 0.9999).sum())
+    return {"rows": n, "evals": n_eval, "dim": d, "build_s": t_build, "search_s": t_search,
+            "planted": len(planted), "found": found, "total_s": t_build + t_search}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -173,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--pools", nargs="+", required=True)
     q.add_argument("--work", default="/tmp/datacomp-curation")
     q.add_argument("--json", help="also write the figures as JSON here")
+    sp = sub.add_parser("speed")
+    sp.add_argument("--rows", type=int, default=1_000_000)
+    sp.add_argument("--dim", type=int, default=768)
+    sp.add_argument("--evals", type=int, default=100_000)
+    sp.add_argument("--what", default="semdedup,decontaminate")
     args = ap.parse_args(argv)
     print(f"load {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}, {os.cpu_count()} cpus")
     results: list[dict[str, Any]] = []
@@ -188,8 +262,21 @@ def main(argv: list[str] | None = None) -> int:
             print(format_pr("decontaminate (default threshold)", [dc["default"]], "flagged"))
             print(format_pr("decontaminate sweep (similarity >= threshold)", dc["sweep"], "flagged"))
             results.append({"pool": str(pool), "semdedup": sd, "decontaminate": dc})
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1))
+    if args.cmd == "speed":
+        what = args.what.split(",")
+        if "semdedup" in what:
+            r = speed_semdedup(args.rows, args.dim)
+            print(f"semdedup {r['rows']:,} x {r['dim']}, {r['clusters']} clusters: k-means {r['kmeans_s']:.1f} s; "
+                  f"semdedup = k-means + assignment {r['assign_s']:.1f} s + within-cluster search {r['search_s']:.1f} s "
+                  f"= {r['ratio']:.2f}x one k-means ({r['removed']} removed)")
+        if "decontaminate" in what:
+            r = speed_decontaminate(args.rows, args.evals, args.dim)
+            print(f"decontaminate {r['rows']:,} pool rows vs {r['evals']:,} eval images x {r['dim']}: index "
+                  f"{r['build_s']:.1f} s + search {r['search_s']:.1f} s = {r['total_s']:.1f} s; planted copies found "
+                  f"{r['found']} of {r['planted']}")
+        print(f"load after: {os.getloadavg()[0]:.2f}")
+    if args.cmd == "quality" and args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
 
 
