@@ -77,3 +77,33 @@ def test_ray_task_error_is_the_units_error(local_ray, pool: Path, tmp_path: Path
     with pytest.raises(FormatError, match=r"00000002\.npz: npz has no key 'l14_img'"):
         run_filter(p, "image_based", tmp_path / "x.npy", overrides={"num_clusters": 3}, workers=2, executor="ray",
                    cache_dir=tmp_path / "c")
+
+
+SEMDEDUP_SMALL_UNITS = """name: semdedup_small_units
+description: semdedup with clusters split over several executor units
+steps:
+  - op: clip_score
+    arch: l14
+  - op: kmeans
+    key: l14_img
+    num_clusters: 3
+  - op: semdedup
+    eps: 0.02
+    keep: score
+    score: clip_l14_similarity_score
+    unit_rows: 15
+  - op: row_mask
+    mask: semdedup
+keep: [semdedup_keep == true]
+"""
+
+
+def test_ray_semdedup_matches_local(local_ray, pool: Path, tmp_path: Path):
+    """semdedup's per-cluster units on Ray give the subset the local executor gives."""
+    recipe = tmp_path / "semdedup_small_units.yaml"
+    recipe.write_text(SEMDEDUP_SMALL_UNITS)
+    a = run_filter(pool, recipe, tmp_path / "local.npy", workers=1, cache_dir=tmp_path / "cl" / "scores")
+    b = run_filter(pool, recipe, tmp_path / "ray.npy", workers=2, executor="ray", cache_dir=tmp_path / "cr" / "scores")
+    assert (tmp_path / "local.npy").read_bytes() == (tmp_path / "ray.npy").read_bytes()
+    assert a["globals"]["semdedup_units"] >= 3 and 0 < a["globals"]["semdedup_removed"] < 120
+    assert a["counts"] == b["counts"]

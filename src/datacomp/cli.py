@@ -77,9 +77,19 @@ def cmd_embed(a: argparse.Namespace) -> int:
     from .config import load_scale
     from .embed import embed
 
+    scale = load_scale(a.scale) if a.scale else None
+    if a.train_filter_network or a.filter_network:
+        from .embed import filter_network
+
+        if a.train_filter_network and a.filter_network:
+            raise DatacompError("embed: give --train-filter-network or --filter-network DIR, not both")
+        m = filter_network(Path(a.pool), data=a.data, model=a.filter_network, checkpoint=a.checkpoint, scale=scale,
+                           seed=a.seed, workers=a.workers, overwrite=a.overwrite)
+        print(json.dumps({"pool": a.pool, "counts": m.counts, "timings": m.timings,
+                          "score_column": m.extra["network"]["score_column"]}, indent=2))
+        return 0
     if not a.teacher and not (a.model and a.checkpoint):
         raise DatacompError("embed needs --teacher, or --model ARCH with --checkpoint CKPT")
-    scale = load_scale(a.scale) if a.scale else None
     keys = tuple(a.keys.split(",")) if a.keys else ("b32", "l14")
     m = embed(Path(a.pool), teacher=a.teacher and not a.model, model=a.model, checkpoint=a.checkpoint,
               scale=scale, seed=a.seed, workers=a.workers, overwrite=a.overwrite, keys=keys, executor=a.executor)
@@ -104,6 +114,18 @@ def cmd_filter(a: argparse.Namespace) -> int:
     print(format_summary(summary))
     if a.explain:
         _explain(Path(a.pool), Path(a.out), summary, a.explain)
+    return 0
+
+
+def cmd_decontaminate(a: argparse.Namespace) -> int:
+    from .filters.contamination import decontaminate_pool, format_contamination
+    from .formats.pool import validate_pool
+
+    validate_pool(a.pool)
+    summary = decontaminate_pool(Path(a.pool), evalsets=a.evalsets, threshold=a.threshold, model=a.model,
+                                 checkpoint=a.checkpoint, workers=a.workers, executor=a.executor,
+                                 overwrite=a.overwrite)
+    print(format_contamination(summary))
     return 0
 
 
@@ -383,6 +405,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", help="local checkpoint for --model")
     sp.add_argument("--keys", help="npz key sets to fill, e.g. b32 or l14 (default b32,l14)")
     sp.add_argument("--scale", help="scale whose teacher settings to use (default: the pool's)")
+    sp.add_argument("--train-filter-network", action="store_true",
+                    help="train a data filtering network (CLIP on high-quality pairs: --data, default POOL/curated) at "
+                         "the scale's teachers.dfn protocol and score the pool with it (npz dfn_img/dfn_txt, column "
+                         "clip_dfn_similarity_score; recipe dfn_top_30)")
+    sp.add_argument("--data", help="directory of webdataset shards of high-quality pairs for --train-filter-network")
+    sp.add_argument("--filter-network", metavar="DIR",
+                    help="score the pool with a filtering network trained elsewhere: an open_clip local-dir (config + "
+                         "weights), an open_clip name, or an ARCH with --checkpoint CKPT")
     sp.add_argument("--seed", type=int, default=0, help="seed of the teachers' training (--teacher; default %(default)s)")
     sp.add_argument("--executor", choices=["local", "ray"], default="local",
                     help="local processes, or one Ray task per shard (a GPU each where the cluster has GPUs; "
@@ -399,6 +429,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--list", action="store_true", help="list every op and recipe")
     sp.add_argument("--explain", type=int, metavar="N", help="also show N dropped rows per deciding rule, with the "
                     "values that decided, and write them to SUBSET.explain.parquet")
+    sp.add_argument("--overwrite", action="store_true", help="replace an output made with other parameters")
+    workers(sp)
+
+    sp = add("decontaminate", cmd_decontaminate, "which eval tasks a pool contaminates: pool images that are near-duplicates "
+             "of eval-set test images (POOL/decontaminate/contamination.parquet, and the pool without them)")
+    sp.add_argument("--pool", required=True, help="pool directory with l14_img embeddings (datacomp embed)")
+    sp.add_argument("--evalsets", help="eval-set directory in clip_benchmark's layout (default POOL/evalsets)")
+    sp.add_argument("--threshold", type=float, help="cosine at or above which a pool image is a copy (default: the recipe's)")
+    sp.add_argument("--model", help="the model that made the pool's l14_img embeddings (default: the embed manifest's)")
+    sp.add_argument("--checkpoint", help="local checkpoint for --model")
+    sp.add_argument("--executor", choices=["local", "ray"], default="local", help="run units in-process (local) or as Ray tasks (default %(default)s)")
     sp.add_argument("--overwrite", action="store_true", help="replace an output made with other parameters")
     workers(sp)
 

@@ -104,7 +104,8 @@ class LoopResult:
 
 def _run_world(scale: Scale, workdir: Path, recipes: list[str], seed: int, workers: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """One seed's world: the one-seed layout under ``workdir``; -> (rows, stage timings)."""
-    from .embed import embed
+    from .embed import embed, filter_network
+    from .embed.filter_network import recipes_need_network
     from .evaluate import evaluate
     from .filters import run_filter
     from .filters.reference_subsets import build_reference_subset, is_pseudo_recipe
@@ -128,6 +129,8 @@ def _run_world(scale: Scale, workdir: Path, recipes: list[str], seed: int, worke
     pool = workdir / "pool"
     timed("synth", synthesize, pool, scale, seed=seed, workers=workers)
     timed("embed", embed, pool, teacher=True, scale=scale, seed=seed, workers=workers)
+    if recipes_need_network(recipes):  # a recipe ranks by the data filtering network (dfn_top_30)
+        timed("filter_network", filter_network, pool, scale=scale, seed=seed, workers=workers)
 
     rows: list[dict[str, Any]] = []
     shard_size = int(scale.world.get("shard_size", 10000))

@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 from .core import embed_shard, score_column
-from .stage import embed, stage_dir, teacher_dir, teacher_scale, train_teacher
+from .filter_network import filter_network
+from .stage import embed, stage_dir, teacher_dir, teacher_scale, train_network, train_teacher
 
-__all__ = ["embed", "embed_shard", "score_column", "stage_dir", "teacher_dir", "teacher_scale", "train_teacher"]
+__all__ = ["embed", "embed_shard", "filter_network", "score_column", "stage_dir", "teacher_dir", "teacher_scale",
+           "train_network", "train_teacher"]
 
 from .._stage_module import make_callable  # noqa: E402
 

@@ -98,6 +98,23 @@ def teacher_scale(s: Scale, key: str) -> Scale:
         raise ConfigError(f"scale '{s.name}': teacher '{key}' lacks {e}") from None
 
 
+def train_network(data: Path, ts: Scale, dest: Path, seed: int = 0, overwrite: bool = False, workers: int = 1,
+                  device: str | None = "cpu") -> tuple[Any, dict[str, Any]]:
+    """Train a CLIP with the fixed open_clip code (``datacomp.train``) at protocol ``ts`` on the
+    shards in ``data`` (run directory ``dest/run``) and export it to ``dest`` as a local-dir folder
+    (open_clip_config.json + weights): the one trainer of the teachers and of filtering networks.
+    -> (the run's manifest, the record of the network: model, protocol, timings, run digest)."""
+    man = launch.train(ts, data, dest / "run", seed=seed, workers=workers, overwrite=overwrite, device=device)
+    run_model = dest / "run" / "model"
+    shutil.copyfile(run_model / models.CONFIG_NAME, dest / models.CONFIG_NAME)
+    link_file(run_model / models.WEIGHTS_NAME, dest / models.WEIGHTS_NAME)
+    info = {"model": ts.model, "samples_seen": ts.samples_seen, "batch_size": ts.batch_size, "lr": ts.lr,
+            "warmup": ts.warmup, "seed": seed, "train_s": man.timings.get("train_s"), "cpu_s": man.timings.get("cpu_s"),
+            "final_loss": man.extra.get("final_loss"), "samples_per_s": man.extra.get("samples_per_s"),
+            "checkpoint": man.extra.get("checkpoint"), "run_manifest": manifest_digest(dest / "run")}
+    return man, info
+
+
 def train_teacher(pool: Path, s: Scale, key: str, seed: int = 0, overwrite: bool = False, workers: int = 1) -> dict[str, Any]:
     """Train teacher ``key`` of scale ``s`` on POOL/curated and export it as a local-dir folder."""
     curated = pool / "curated"
@@ -106,15 +123,10 @@ def train_teacher(pool: Path, s: Scale, key: str, seed: int = 0, overwrite: bool
     ts = teacher_scale(s, key)
     dest = teacher_dir(pool, key)
     t0 = time.time()
-    man = launch.train(ts, curated, dest / "run", seed=seed, workers=workers, overwrite=overwrite, device="cpu" if s.embedded else None)
-    run_model = dest / "run" / "model"
-    shutil.copyfile(run_model / models.CONFIG_NAME, dest / models.CONFIG_NAME)
-    link_file(run_model / models.WEIGHTS_NAME, dest / models.WEIGHTS_NAME)
+    _, trained = train_network(curated, ts, dest, seed=seed, overwrite=overwrite, workers=workers,
+                               device="cpu" if s.embedded else None)
+    info = {"key": key, **trained}
     anchors = s.teachers[key].get("score_scale")
-    info = {"key": key, "model": ts.model, "samples_seen": ts.samples_seen, "batch_size": ts.batch_size, "lr": ts.lr,
-            "warmup": ts.warmup, "seed": seed, "train_s": man.timings.get("train_s"), "cpu_s": man.timings.get("cpu_s"), "final_loss": man.extra.get("final_loss"),
-            "samples_per_s": man.extra.get("samples_per_s"), "checkpoint": man.extra.get("checkpoint"),
-            "run_manifest": manifest_digest(dest / "run")}
     if anchors:
         info["score_scale"] = _previous_score_scale(dest, info["run_manifest"], anchors) or \
             calibrate_score_scale(pool, key, f"{models.LOCAL_DIR}{dest.resolve()}", anchors)

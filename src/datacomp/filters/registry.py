@@ -68,6 +68,10 @@ class OpEnv:
     artifacts: Path | None = None
     pool_digest: str = ""
     kernels: bool | None = None  # the uid work's compiled kernels: True = load numba; None = if loaded
+    shards: list[str] = field(default_factory=list)
+    work: Path | None = None
+    executor: str = "local"
+    workers: int = 1
 
 
 class Op:

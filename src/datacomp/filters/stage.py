@@ -221,7 +221,9 @@ def _global_steps(plan: Recipe, parquets: list[Path], work: Path, env: OpEnv, ca
         op = step.op
         assert isinstance(op, GlobalOp)
         t0 = time.time()
-        step_env = OpEnv(globals=dict(globals_), pool=env.pool, artifacts=env.artifacts, pool_digest=env.pool_digest)
+        step_env = OpEnv(globals=dict(globals_), pool=env.pool, artifacts=env.artifacts, pool_digest=env.pool_digest,
+                         shards=[str(p) for p in parquets], work=work / f"global{i}", executor=executor,
+                         workers=workers)
         op.bind(step_env)
         if i not in state["global_steps_done"]:
             partials: list[np.ndarray] = []
@@ -230,7 +232,7 @@ def _global_steps(plan: Recipe, parquets: list[Path], work: Path, env: OpEnv, ca
                 log.info("%s: step %d (%s): reusing %s", plan.name, i + 1, op.name, values)
             else:
                 if op.needs_pool_pass():
-                    gdir = work / f"global{i}"
+                    gdir = step_env.work
                     units = [Unit(p.stem, (str(p), plan, i, step_env, str(cache), str(gdir / f"{p.stem}.npy")),
                                   weights[str(p)]) for p in parquets]
                     res = run_units(engine.global_map_unit, units, gdir, workers=workers, executor=executor,

@@ -29,7 +29,8 @@ POOL_COLUMNS = [
     "face_bboxes",
     "sha256",
 ]
-SCORE_COLUMNS = {"b32": "clip_b32_similarity_score", "l14": "clip_l14_similarity_score"}
+SCORE_COLUMNS = {"b32": "clip_b32_similarity_score", "l14": "clip_l14_similarity_score",
+                 "dfn": "clip_dfn_similarity_score"}  # dfn: a data filtering network's (datacomp.embed.filter_network)
 NPZ_KEYS = ("b32_img", "b32_txt", "l14_img", "l14_txt")
 
 POOL_SCHEMA = pa.schema(
