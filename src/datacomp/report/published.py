@@ -34,6 +34,19 @@ class PublishedRow:
     table: str
 
 
+def _rows(path: Path, what: str) -> list:
+    """The ``rows`` list of a published-figures YAML file (one-line ConfigErrors naming it)."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} file does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("rows"), list):
+        raise ConfigError(f"{path}: expected a mapping with a 'rows' list")
+    return raw["rows"]
+
+
 def published_path() -> Path:
     return resource_path("published", "table3.yaml")
 
@@ -41,17 +54,9 @@ def published_path() -> Path:
 def load_published(path: str | os.PathLike | None = None) -> list[PublishedRow]:
     """Every row of the published-results file (default: the bundled one), checked."""
     path = Path(path) if path is not None else published_path()
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: published-results file does not exist") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("rows"), list):
-        raise ConfigError(f"{path}: expected a mapping with a 'rows' list")
     out: list[PublishedRow] = []
     seen: set[tuple[str, str]] = set()
-    for i, r in enumerate(raw["rows"], 1):
+    for i, r in enumerate(_rows(path, "published-results"), 1):
         where = f"{path}: row {i}"
         if not isinstance(r, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(r).__name__}")
@@ -114,16 +119,8 @@ def released_path() -> Path:
 def load_released(path: str | os.PathLike | None = None) -> list[ReleasedRow]:
     """Every row of the released-checkpoints file (default: the bundled one), checked."""
     path = Path(path) if path is not None else released_path()
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: released-checkpoints file does not exist") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("rows"), list):
-        raise ConfigError(f"{path}: expected a mapping with a 'rows' list")
     out: list[ReleasedRow] = []
-    for i, r in enumerate(raw["rows"], 1):
+    for i, r in enumerate(_rows(path, "released-checkpoints"), 1):
         where = f"{path}: row {i}"
         if not isinstance(r, dict) or sorted(r) != sorted(RELEASED_FIELDS):
             raise ConfigError(f"{where}: expected exactly the fields {', '.join(RELEASED_FIELDS)}")
