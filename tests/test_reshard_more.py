@@ -253,3 +253,39 @@ def test_blur_algorithm_parameters():
     assert changed[:, 1].min() >= 98 - 8 and changed[:, 1].max() <= 122 + 8
     assert changed[:, 0].min() >= 48 - 8 and changed[:, 0].max() <= 72 + 8
     assert 5 < out[60, 110].mean() < 250 and abs(int(out[60, 110, 0]) - 127) < 40  # centre is averaged
+
+
+def test_overwrite_builds_beside_and_keeps_the_old_output_on_failure(tmp_path: Path, monkeypatch):
+    """--overwrite writes the new shards beside the old output and swaps them in when complete: a
+    failing overwrite leaves the old output byte for byte (and reusable); meta.json names the final
+    directory; files that are not the reshard's stay."""
+    import datacomp.reshard.resharder as resharder
+
+    imgs = _pool(tmp_path / "pool", n_shards=3, per_shard=4)
+    uids = sorted(imgs)
+    out = tmp_path / "out"
+    reshard(tmp_path / "pool", _subset(tmp_path / "a.npy", uids[:6]), out, shard_size=4, workers=1,
+            include_unfinished=True)
+    (out / "NOTES.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(resharder, "pack_units", boom)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        reshard(tmp_path / "pool", _subset(tmp_path / "b.npy", uids[3:]), out, shard_size=4, workers=1,
+                include_unfinished=True, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert (tmp_path / ".out.swap-new").is_dir()
+    again = reshard(tmp_path / "pool", tmp_path / "a.npy", out, shard_size=4, workers=1, include_unfinished=True)
+    assert again.params["subset"] == str((tmp_path / "a.npy").resolve())  # the old output, reused
+    assert not list(tmp_path.glob(".out.swap-*"))
+    monkeypatch.undo()
+    m = reshard(tmp_path / "pool", tmp_path / "b.npy", out, shard_size=4, workers=1, include_unfinished=True,
+                overwrite=True)
+    assert m.counts["output_count"] == len(uids) - 3 and not list(tmp_path.glob(".out.swap-*"))
+    assert sorted(json.loads(f["json"])["uid"] for _, f in _read(out)) == uids[3:]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["output_dir"] == str(out.resolve()) == meta["args"]["output_dir"]
+    assert (out / "NOTES.txt").read_text() == "mine" and not (out / ".work").exists()

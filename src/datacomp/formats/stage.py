@@ -162,7 +162,7 @@ class StageOutput:
         if default_root:
             self.files_root = d
 
-    def _settle_swap(self) -> None:
+    def settle_swap(self) -> None:
         """After a killed overwrite: drop its half-built directory; finish or undo a cut swap."""
         old, new = self._sibling("old"), self._sibling("new")
         if old.exists():
@@ -215,7 +215,7 @@ class StageOutput:
     def begin(self) -> Manifest | None:
         """The finished manifest to reuse, or None after preparing ``DIR`` for a (resumed) run."""
         if self.replace == "swap":
-            self._settle_swap()
+            self.settle_swap()
         existing = self.read_manifest()
         self.previous = existing
         if existing is not None and existing.stage in self.follows:

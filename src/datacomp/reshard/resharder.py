@@ -6,7 +6,6 @@ shard), ``plan.py`` what goes where and the accounting, ``compiled.py`` the kern
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -20,7 +19,8 @@ from ..errors import ConfigError, InputError, StageConflictError
 from ..executors import Pass, Unit, run_pipelined, run_units
 from ..formats.atomic import atomic_path, file_sha256, write_json
 from ..formats.guard import check_apart, file_records
-from ..formats.manifest import MANIFEST_NAME, Manifest, check_reusable, manifest_digest, write_manifest
+from ..formats.manifest import MANIFEST_NAME, Manifest, manifest_digest
+from ..formats.stage import PENDING_NAME, StageOutput
 from ..formats.shards import SHARD_FORMAT, STATS_FORMAT, check_losses, list_shards, stats_path
 from ..formats.uids import read_subset
 from ..kernels import size_rule
@@ -157,37 +157,25 @@ def _drop_stale_shards(out: Path, n_out: int) -> None:
             p.with_name(p.stem + "_stats.json").unlink(missing_ok=True)
 
 
-def _open_output(out: Path, params: dict[str, Any], overwrite: bool) -> Manifest | None:
-    """The output directory's lifecycle: the finished output made with these parameters (reused),
-    or None once ``out`` is ready for a run — empty, or an unfinished reshard with these
-    parameters (resumed: ``WORK/params.json`` records them). Anything else is a
-    StageConflictError unless ``overwrite``, which clears what a reshard writes there."""
-    was_complete = (out / MANIFEST_NAME).is_file()
-    existing = check_reusable(out, STAGE, params, overwrite)
+def _open_output(out: Path, params: dict[str, Any], overwrite: bool) -> tuple[StageOutput, Manifest | None]:
+    """The output directory's lifecycle (:class:`formats.stage.StageOutput`, replace="swap"): the
+    finished output made with these parameters (reused), or None once the run may write under
+    ``life.dir`` — ``out`` itself (empty, or an unfinished reshard with these parameters, resumed),
+    or, for an ``overwrite`` of an existing reshard, a sibling that replaces ``out`` only when the
+    new output is complete. A directory holding anything else is a StageConflictError unless
+    ``overwrite``, which removes what a reshard writes there (and keeps the rest)."""
+    life = StageOutput(STAGE, out, params, overwrite=overwrite, replace="swap")
+    life.settle_swap()
+    ours = out.is_dir() and (life.read_manifest() is not None or life.read_pending() is not None)
+    if out.is_dir() and not ours and any(out.iterdir()):
+        if not overwrite:
+            raise StageConflictError(f"{out}: output directory is not empty and holds no reshard output; "
+                                     "pass --overwrite to replace it")
+        _clear(out)
+    existing = life.begin()
     if existing is not None:
-        log.info("%s: already resharded with these parameters, reusing it", out)
         shutil.rmtree(out / WORK, ignore_errors=True)
-        return existing
-    overwrite = overwrite or was_complete  # a damaged finished output (check_reusable said why) is redone
-    params_file = out / WORK / "params.json"
-    if out.is_dir():
-        prev = None
-        if params_file.is_file():
-            try:
-                prev = json.loads(params_file.read_text())
-            except json.JSONDecodeError:
-                prev = None
-        if prev is not None and prev == json.loads(json.dumps(params)):
-            log.info("%s: resuming an unfinished reshard", out)
-        elif any(out.iterdir()):
-            if not overwrite:
-                raise StageConflictError(f"{out}: output directory is not empty and holds no unfinished reshard "
-                                         "with these parameters; pass --overwrite to replace it")
-            _clear(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not params_file.is_file():
-        write_json(params_file, params)
-    return None
+    return life, existing
 
 
 def _our_files(out: Path) -> list[Path]:
@@ -195,7 +183,7 @@ def _our_files(out: Path) -> list[Path]:
     for p in out.iterdir():
         n = p.name
         if (n.endswith(".tar") and n[:-4].isdigit()) or (n.endswith("_stats.json") and n[:-11].isdigit()) \
-                or n in (META, SAMPLE_IDS, MANIFEST_NAME, WORK, ".done") or (n.startswith(".") and ".tmp" in n):
+                or n in (META, SAMPLE_IDS, MANIFEST_NAME, PENDING_NAME, WORK, ".done") or (n.startswith(".") and ".tmp" in n):
             names.append(p)
     return names
 
@@ -283,10 +271,11 @@ def reshard(
         params.update(include_unfinished=True)
     if dry_run:
         return _dry_run(pool, shards, sub, skipped, shard_size, workers, executor, params)
-    existing = _open_output(out, params, overwrite)
+    life, existing = _open_output(out, params, overwrite)
     if existing is not None:
         check_losses(existing.extra.get("losses") or {}, strict)
         return existing
+    target, out = out, life.dir  # an --overwrite writes beside the old output; finish() swaps it in
     work = out / WORK
 
     ids_path = out / SAMPLE_IDS
@@ -382,12 +371,12 @@ def reshard(
     assert sum(r["successes"] for r in packed.values()) == total
     timings = {"scan": round(t_scan, 3), "write": round(t_pack, 3), "total": round(time.time() - t_start, 3)}
     meta = {
-        **reference_meta(pool, subset, out, params, workers, first_shard, num_shards, apply_blur,
+        **reference_meta(pool, subset, target, params, workers, first_shard, num_shards, apply_blur,
                          inject_blur_metadata, quality, overwrite),
         "blur_time": round(float(sum(r.get("blur_seconds", 0.0) for r in packed.values())), 3),
         "worker_success": max(1, min(workers, len(shards))),
         **counts,
-        "args": {**params, "output_dir": str(out.resolve()), "workers": workers, "executor": executor},
+        "args": {**params, "output_dir": str(target.resolve()), "workers": workers, "executor": executor},
         "skipped_unfinished_shards": skipped,
         "shards_without_stats": missing_stats,
         "count_mismatches": mismatches,
@@ -403,8 +392,8 @@ def reshard(
                                "shards": f"{{{0:08d}..{max(n_out - 1, 0):08d}}}.tar" if n_out else None,
                                "files": file_records(out, [META, SAMPLE_IDS] + [
                                    n for o in range(n_out) for n in (SHARD_FORMAT.format(o), f"{o:08d}_stats.json")])})
-    write_manifest(out, manifest)
-    shutil.rmtree(work, ignore_errors=True)
+    life.finish(manifest)  # the manifest last; an overwrite's new output replaces the old one here
+    shutil.rmtree(target / WORK, ignore_errors=True)
     log.info("reshard: %d of %d subset rows written as %d samples in %d shards (%d uids missing)",
              found_rows, n_subset, total, n_out, missing_uids)
     return manifest
