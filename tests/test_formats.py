@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datacomp.errors import FormatError, InputError, StageConflictError
+from datacomp.errors import FormatError, InputError
 from datacomp.formats import atomic
-from datacomp.formats.manifest import Manifest, check_reusable, mark_done, read_manifest, read_marker, write_manifest
+from datacomp.formats.manifest import Manifest, mark_done, read_manifest, read_marker, write_manifest
 from datacomp.formats.shards import ShardWriter, iter_samples, read_stats, sample_key
 from datacomp.formats.uids import (
     SUBSET_DTYPE, make_subset, pair_to_uid, pairs_to_uids, read_subset, uid_to_pair, uids_to_pairs, write_subset,
@@ -96,17 +96,12 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     assert [x.name for x in tmp_path.iterdir()] == ["f.json"]
 
 
-def test_manifest_reuse_and_conflict(tmp_path):
-    assert check_reusable(tmp_path, "s", {"a": 1}, overwrite=False) is None
+def test_manifest_and_markers_round_trip(tmp_path):
     write_manifest(tmp_path, Manifest(stage="s", params={"a": 1}, counts={"n": 3}))
-    m = check_reusable(tmp_path, "s", {"a": 1}, overwrite=False)
-    assert m is not None and m.counts == {"n": 3}
-    with pytest.raises(StageConflictError, match="manifest.json.*--overwrite"):
-        check_reusable(tmp_path, "s", {"a": 2}, overwrite=False)
+    m = read_manifest(tmp_path)
+    assert m is not None and (m.stage, m.params, m.counts) == ("s", {"a": 1}, {"n": 3})
     mark_done(tmp_path, "u0", {"rows": 1})
     assert read_marker(tmp_path, "u0") == {"rows": 1}
-    assert check_reusable(tmp_path, "s", {"a": 2}, overwrite=True) is None
-    assert read_manifest(tmp_path) is None and read_marker(tmp_path, "u0") is None
 
 
 def test_shard_writer_layout_and_determinism(tmp_path):

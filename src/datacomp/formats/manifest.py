@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import FormatError, StageConflictError
+from ..errors import FormatError
 from .atomic import sweep_temps, write_json
-from .guard import damaged_file
 
 log = logging.getLogger(__name__)
 
@@ -118,34 +117,6 @@ def manifest_digest(out_dir: str | os.PathLike) -> str:
     """sha256 of a stage's manifest file: the identity of that stage's output."""
     path = manifest_path(out_dir)
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
-
-
-def check_reusable(out_dir: str | os.PathLike, stage: str, params: dict[str, Any], overwrite: bool) -> Manifest | None:
-    """Return the existing manifest when ``out_dir`` already holds this stage with these params.
-
-    A complete output made with other parameters raises StageConflictError unless ``overwrite``.
-    With ``overwrite`` the old manifest and markers are removed so the stage runs again. A
-    manifest that records its files (``extra["files"]``, see :func:`guard.file_records`) is
-    reused only while those files are intact; otherwise it is removed too, with a line saying why.
-    """
-    existing = read_manifest(out_dir)
-    if existing is None:
-        return None
-    same = existing.stage == stage and canonical(existing.params) == canonical(params)
-    if same and not overwrite:
-        why = damaged_file(out_dir, existing.extra.get("files") or {})
-        if why is None:
-            return existing
-        log.warning("%s: not reusing the finished '%s' output: %s; running the stage again", out_dir, stage, why)
-        overwrite = True
-    if not overwrite:
-        raise StageConflictError(
-            f"{manifest_path(out_dir)}: holds a complete '{existing.stage}' output made with other parameters; "
-            "pass --overwrite to replace it"
-        )
-    manifest_path(out_dir).unlink()
-    clear_markers(out_dir)
-    return None
 
 
 def canonical(obj: Any) -> Any:
