@@ -34,9 +34,8 @@ import numpy as np
 
 from ...errors import FormatError, InputError
 from ...formats.atomic import atomic_path, write_json
-from ...formats.pool import npz_path, read_npz
 from ..registry import GlobalOp, OpParamError, register
-from .masks import finish_masks, mask_dir, saved_masks, write_mask
+from .masks import MaskStep, finish_masks, mask_dir, write_mask
 
 IVF_NPROBE = 8
 
@@ -244,7 +243,7 @@ class EvalEmbeddings(GlobalOp):
 
 
 @register
-class Decontaminate(GlobalOp):
+class Decontaminate(MaskStep, GlobalOp):
     name = "decontaminate"
     description = ("rows whose image embedding has cosine >= threshold with an eval-set test image (nearest neighbour); "
                    "writes contamination.parquet (uid, task, eval_id, similarity) and a keep mask")
@@ -273,23 +272,9 @@ class Decontaminate(GlobalOp):
                  "args": self.args}
         return mask_dir(self.env.artifacts, self.name, ident)
 
-    def saved(self) -> dict[str, Any] | None:
-        try:
-            return saved_masks(self._dir())
-        except OpParamError:
-            return None
-
     def map(self, store, mask: np.ndarray | None) -> np.ndarray:
-        key = self.args["key"]
-        path = npz_path(store.parquet)
-        emb = read_npz(path, [key], expected_rows=store.num_rows)[key]
         evals, index = _load_eval(self._evals())
-        if emb.shape[1] != evals.shape[1]:
-            raise FormatError(f"{path}: npz key '{key}' has dimension {emb.shape[1]}, the eval embeddings {evals.shape[1]}")
-        bad = ~np.isfinite(emb).all(axis=1)
-        if bad.any():
-            raise FormatError(f"{path}: npz key '{key}' has {int(bad.sum())} rows with NaN or infinite values "
-                              f"(first: row {int(np.flatnonzero(bad)[0])})")
+        emb = self.embeddings(store, self.args["key"], evals.shape[1], "eval embeddings")
         x = emb.astype(np.float32)
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         use = norms[:, 0] > 0

@@ -48,6 +48,35 @@ def saved_masks(directory: Path) -> dict[str, Any] | None:
         return None
 
 
+class MaskStep:
+    """What a mask-writing global step shares: its finished masks found again (``saved``), and the
+    image embeddings of a shard read and checked against the dimension its reference data has."""
+
+    def _dir(self) -> Path:  # pragma: no cover - each step names its own
+        raise NotImplementedError
+
+    def saved(self) -> dict[str, Any] | None:
+        try:
+            return saved_masks(self._dir())
+        except OpParamError:
+            return None
+
+    @staticmethod
+    def embeddings(store, key: str, dim: int, against: str, want_dim: int | None = None) -> np.ndarray:
+        """The shard's npz ``key`` (finite rows, ``dim`` columns, the dimension of ``against``)."""
+        from ...formats.pool import npz_path, read_npz
+
+        path = npz_path(store.parquet)
+        emb = read_npz(path, [key], expected_rows=store.num_rows, dim=want_dim)[key]
+        if emb.shape[1] != dim:
+            raise FormatError(f"{path}: npz key '{key}' has dimension {emb.shape[1]}, the {against} {dim}")
+        bad = ~np.isfinite(emb).all(axis=1)
+        if bad.any():
+            raise FormatError(f"{path}: npz key '{key}' has {int(bad.sum())} rows with NaN or infinite values "
+                              f"(first: row {int(np.flatnonzero(bad)[0])})")
+        return emb
+
+
 @register
 class RowMask(ShardOp):
     name = "row_mask"

@@ -24,7 +24,6 @@ NaN or infinite embeddings and a dimension other than the centroids' are errors 
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -34,10 +33,9 @@ import numpy as np
 from ...errors import FormatError
 from ...executors import Unit, run_units
 from ...formats.atomic import atomic_path
-from ...formats.pool import npz_path, read_npz
 from ..registry import GlobalOp, OpParamError, register
 from .clusters import _cached_matrix, _file_id
-from .masks import finish_masks, mask_dir, saved_masks, write_mask
+from .masks import MaskStep, finish_masks, mask_dir, write_mask
 
 KEEPS = ("farthest", "closest", "score")
 BLOCK_CELLS = 1 << 24  # cells of one block of the Gram matrix (64 MiB of float32): memory per cluster
@@ -132,7 +130,7 @@ def semdedup_unit(shards: list[tuple[str, str, str]], offsets: list[list[int]], 
 
 
 @register
-class SemDeDup(GlobalOp):
+class SemDeDup(MaskStep, GlobalOp):
     name = "semdedup"
     description = ("SemDeDup (Abbas et al. 2023): within each k-means cluster, rows whose image embeddings have cosine > 1-eps "
                    "with a kept row are duplicates; one per group is kept (farthest from the centroid, or by a score)")
@@ -176,23 +174,9 @@ class SemDeDup(GlobalOp):
                  "args": {k: v for k, v in self.args.items() if k != "unit_rows"}}
         return mask_dir(self.env.artifacts, self.name, ident)
 
-    def saved(self) -> dict[str, Any] | None:
-        try:
-            return saved_masks(self._dir())
-        except OpParamError:
-            return None
-
     def map(self, store, mask: np.ndarray | None) -> np.ndarray:
-        key = self.args["key"]
-        path = npz_path(store.parquet)
-        emb = read_npz(path, [key], expected_rows=store.num_rows, dim=self.args["dim"])[key]
         cent = _cached_matrix(self._centroid_file(), "centroids")
-        if emb.shape[1] != cent.shape[1]:
-            raise FormatError(f"{path}: npz key '{key}' has dimension {emb.shape[1]}, the centroids {cent.shape[1]}")
-        bad = ~np.isfinite(emb).all(axis=1)
-        if bad.any():
-            raise FormatError(f"{path}: npz key '{key}' has {int(bad.sum())} rows with NaN or infinite values "
-                              f"(first: row {int(np.flatnonzero(bad)[0])})")
+        emb = self.embeddings(store, self.args["key"], cent.shape[1], "centroids", want_dim=self.args["dim"])
         use = np.any(emb != 0, axis=1)  # a zero row has no image: never a duplicate
         if mask is not None:
             use &= mask
@@ -246,8 +230,8 @@ class SemDeDup(GlobalOp):
                      (files, starts[:, a:b + 1].tolist(), a, b, cpath, eps, keep, str(cdir / f"{a:07d}-{b:07d}.npy")),
                      max(1, int(sizes[a:b].sum())))
                 for a, b in units if sizes[a:b].sum() > 0]
-        res = run_units(semdedup_unit, work, cdir, workers=self.env.workers, executor=self.env.executor,
-                        desc="semdedup: clusters", unit_label="rows")
+        run_units(semdedup_unit, work, cdir, workers=self.env.workers, executor=self.env.executor,
+                  desc="semdedup: clusters", unit_label="rows")
         found = [np.load(cdir / f"{u.args[2]:07d}-{u.args[3]:07d}.npy", allow_pickle=False) for u in work]
         dups = np.concatenate(found) if found else np.empty((0, 6))
         dups = dups[np.lexsort((dups[:, 1], dups[:, 0]))] if len(dups) else dups
