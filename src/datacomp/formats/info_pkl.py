@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ..errors import FormatError, InputError
+from .safe_pickle import AllowlistUnpickler, RefusedGlobal
 
 MAX_BYTES = 1 << 20  # a real info.pkl is a few hundred bytes
 _PATH_MODULES = ("pathlib", "pathlib._local")
@@ -34,17 +34,9 @@ def _windows(*parts: Any) -> str:
     return str(PureWindowsPath(*map(str, parts)))
 
 
-class _Refused(Exception):
-    pass
-
-
-class _InfoUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if module in _PATH_MODULES and name in _POSIX:
-            return _posix
-        if module in _PATH_MODULES and name in _WINDOWS:
-            return _windows
-        raise _Refused(f"{module}.{name}")
+# the one class an info.pkl may name: a pathlib path, built as its string
+_ALLOWED = {**{(m, n): _posix for m in _PATH_MODULES for n in _POSIX},
+            **{(m, n): _windows for m in _PATH_MODULES for n in _WINDOWS}}
 
 
 def _check_plain(obj: Any, where: str) -> None:
@@ -74,9 +66,9 @@ def read_info_pkl(path: str | os.PathLike) -> dict[str, Any]:
     if len(data) > MAX_BYTES:
         raise FormatError(f"{p}: {len(data)} bytes is not a training info file (the reference's are < 1 KiB)")
     try:
-        obj = _InfoUnpickler(io.BytesIO(data)).load()
-    except _Refused as e:
-        raise FormatError(f"{p}: refused to unpickle {e} (info.pkl may hold only a dict of strings, numbers, "
+        obj = AllowlistUnpickler(io.BytesIO(data), _ALLOWED).load()
+    except RefusedGlobal as e:
+        raise FormatError(f"{p}: refused to unpickle {e.name} (info.pkl may hold only a dict of strings, numbers, "
                           "lists and paths)") from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure of a damaged file
         raise FormatError(f"{p}: not a readable pickle ({type(e).__name__}: {str(e)[:120]})") from None

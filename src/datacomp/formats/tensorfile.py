@@ -11,7 +11,7 @@ other global is refused before it is called, with one line naming it.
 
 Three containers: torch's zip format (``torch.save`` since 1.6; read by ``torch.load`` with
 ``weights_only=True`` and the NumPy names above allowed), torch's legacy format and a plain
-pickle (``pickle.dump``; read here by :class:`_ArrayUnpickler`).
+pickle (``pickle.dump``; read here by :class:`.safe_pickle.AllowlistUnpickler` with the names above).
 """
 from __future__ import annotations
 
@@ -25,27 +25,18 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, InputError
+from .safe_pickle import AllowlistUnpickler
 
 # (module, name) a data file may reference; everything else is refused
-_ALLOWED = {
+_ALLOWED = dict.fromkeys([
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-}
+])  # each the real global (safe_pickle.AllowlistUnpickler)
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch's legacy (pre-zip) files start with this pickled int
 
 
 class RefusedPickle(FormatError):
     """A pickle that names a function or class outside the data-only set."""
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"global {module}.{name}")
-
-    def persistent_load(self, pid: Any) -> Any:  # torch storages: only torch's own reader handles them
-        raise pickle.UnpicklingError("a torch storage reference outside torch's container")
 
 
 def _numpy_safe_globals() -> list[Any]:
@@ -89,7 +80,7 @@ def load_tensor_file(path: str | Path, what: str = "data") -> Any:
         else:
             raw = path.read_bytes()
             try:
-                obj = _ArrayUnpickler(io.BytesIO(raw)).load()
+                obj = AllowlistUnpickler(io.BytesIO(raw), _ALLOWED).load()
             except pickle.UnpicklingError as e:
                 raise _refusal(path, what, str(e)) from None
             if isinstance(obj, int) and obj == _LEGACY_MAGIC:

@@ -49,11 +49,9 @@ def saved_masks(directory: Path) -> dict[str, Any] | None:
 
 
 class MaskStep:
-    """What a mask-writing global step shares: its finished masks found again (``saved``), and the
-    image embeddings of a shard read and checked against the dimension its reference data has."""
-
-    def _dir(self) -> Path:  # pragma: no cover - each step names its own
-        raise NotImplementedError
+    """What a mask-writing global step shares: its finished masks found again (``saved``; the step
+    names its mask directory in ``_dir()``), and the image embeddings of a shard read and checked
+    against the dimension its reference data has."""
 
     def saved(self) -> dict[str, Any] | None:
         try:
