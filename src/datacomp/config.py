@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -25,51 +25,53 @@ def _load_yaml(name: str) -> Any:
         return yaml.safe_load(f)
 
 
+# What a key of a scales file must hold: its kind, whether it may be null, whether it must be
+# > 0, whether it may be left out. An integer is not a boolean; a number is an integer or a finite float.
+_INT, _NUMBER, _STR, _BOOL, _MAP, _LIST = "an integer", "a number", "a string", "true or false", "a mapping", "a list"
+
+
+class Key(NamedTuple):
+    kind: str
+    nullable: bool = False
+    positive: bool = False
+    optional: bool = False
+
+
+def _key(kind: str, nullable: bool = False, positive: bool = False, **default: Any) -> Any:
+    """A Scale field and what its key must hold (optional when it has a default)."""
+    return field(metadata={"key": Key(kind, nullable, positive, optional=bool(default))}, **default)
+
+
 @dataclass(frozen=True)
 class Scale:
+    """One scale; each field but ``name`` is a key of scales.yaml, checked by :func:`load_scale`."""
+
     name: str
-    pool_size: int | None
-    samples_seen: int
-    model: str
-    batch_size: int
-    lr: float
-    warmup: int
-    beta2: float | None
-    num_checkpoints: int
-    precision: str
-    embedded: bool = False
-    world: dict[str, Any] = field(default_factory=dict)
-    teachers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pool_size: int | None = _key(_INT, nullable=True, positive=True)
+    samples_seen: int = _key(_INT, positive=True)
+    model: str = _key(_STR)
+    batch_size: int = _key(_INT, positive=True)
+    lr: float = _key(_NUMBER, positive=True)
+    warmup: int = _key(_INT)
+    beta2: float | None = _key(_NUMBER, nullable=True, positive=True)
+    num_checkpoints: int = _key(_INT, positive=True)
+    precision: str = _key(_STR)
+    embedded: bool = _key(_BOOL, default=False)
+    world: dict[str, Any] = _key(_MAP, default_factory=dict)
+    teachers: dict[str, dict[str, Any]] = _key(_MAP, default_factory=dict)
 
     @property
     def steps(self) -> int:
         return self.samples_seen // self.batch_size
 
 
-# What each key of a scale must hold: (kind, may be null, must be > 0). An integer is not a
-# boolean; a number is an integer or a finite float.
-_INT, _NUMBER, _STR, _BOOL, _MAP = "an integer", "a number", "a string", "true or false", "a mapping"
-SCALE_KEYS: dict[str, tuple[str, bool, bool]] = {  # key -> (kind, nullable, positive)
-    "pool_size": (_INT, True, True),
-    "samples_seen": (_INT, False, True),
-    "model": (_STR, False, False),
-    "batch_size": (_INT, False, True),
-    "lr": (_NUMBER, False, True),
-    "warmup": (_INT, False, False),
-    "beta2": (_NUMBER, True, True),
-    "num_checkpoints": (_INT, False, True),
-    "precision": (_STR, False, False),
-    "embedded": (_BOOL, False, False),
-    "world": (_MAP, False, False),
-    "teachers": (_MAP, False, False),
-}
+SCALE_KEYS: dict[str, Key] = {f.name: f.metadata["key"] for f in fields(Scale) if "key" in f.metadata}
 # the embedded world's sizes (``world:``) and each teacher's training (``teachers: {b32: ...}``)
-WORLD_KEYS = {k: (_INT, False, True) for k in ("concepts", "shard_size", "curated_size", "eval_size", "retrieval_size")}
-TEACHER_KEYS: dict[str, tuple[str, bool, bool]] = {
+WORLD_KEYS = {k: Key(_INT, positive=True) for k in ("concepts", "shard_size", "curated_size", "eval_size", "retrieval_size")}
+TEACHER_KEYS: dict[str, Key] = {
     **{k: SCALE_KEYS[k] for k in ("model", "samples_seen", "batch_size", "lr", "warmup")},
-    "score_scale": ("a list", True, False),
+    "score_scale": Key(_LIST, nullable=True, optional=True),
 }
-_OPTIONAL = {"embedded", "world", "teachers", "score_scale"}
 
 
 def _kind_ok(value: Any, kind: str) -> bool:
@@ -77,19 +79,19 @@ def _kind_ok(value: Any, kind: str) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if kind == _NUMBER:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return isinstance(value, {_STR: str, _BOOL: bool, _MAP: dict, "a list": list}[kind])
+    return isinstance(value, {_STR: str, _BOOL: bool, _MAP: dict, _LIST: list}[kind])
 
 
-def _check_keys(raw: Any, schema: dict[str, tuple[str, bool, bool]], where: str) -> None:
+def _check_keys(raw: Any, schema: dict[str, Key], where: str) -> None:
     """ConfigError (``where``: file and entry) naming the first unknown, missing or mistyped key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(schema))
     if unknown:
         raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(schema)})")
-    for key, (kind, nullable, positive) in schema.items():
+    for key, (kind, nullable, positive, optional) in schema.items():
         if key not in raw:
-            if key in _OPTIONAL:
+            if optional:
                 continue
             raise ConfigError(f"{where}: missing key '{key}' ({kind})")
         value = raw[key]
