@@ -32,6 +32,36 @@ def test_uid_is_md5_of_text_then_url():
     assert len(compute_uid("http://x", "")) == 32
 
 
+def test_named_input_files_one_rule(tmp_path: Path):
+    """byod --table and download --metadata read a directory the same way (its files with the
+    stage's endings, name order, hidden ones left out) and keep their own rules for a named file."""
+    from datacomp.pool.byod import _input_files
+    from datacomp.pool.metadata_fetch import _local_metadata_files
+
+    a, b, empty = tmp_path / "a", tmp_path / "b", tmp_path / "empty"
+    for d in (a, b, empty):
+        d.mkdir()
+    table = pa.table({"uid": ["0" * 32], "url": ["http://x/a.jpg"], "text": ["a cat"]})
+    for f in (a / "x.parquet", a / ".x.parquet.tmp.parquet", b / "x.parquet"):
+        pq.write_table(table, f)
+    (a / "y.csv.gz").write_bytes(b"")
+    (a / "notes.md").write_text("not a table\n")
+    assert _input_files(a) == [a / "x.parquet", a / "y.csv.gz"]
+    assert _local_metadata_files(a) == [a / "x.parquet"]
+    (tmp_path / "list.txt").write_text(f"{a / 'x.parquet'}\n\n")
+    assert _local_metadata_files(tmp_path / "list.txt") == [a / "x.parquet"]
+    with pytest.raises(InputError, match=r"empty: no \.parquet/\.csv/\.tsv files$"):
+        _input_files([a, empty])
+    with pytest.raises(InputError, match=r"empty: no \.parquet metadata files$"):
+        _local_metadata_files(empty)
+    with pytest.raises(InputError, match=r"^metadata files must have distinct names: x\.parquet$"):
+        _local_metadata_files([a, b])
+    with pytest.raises(InputError, match=r"nope\.csv: does not exist$"):
+        _input_files(tmp_path / "nope.csv")
+    with pytest.raises(InputError, match=r"notes\.md: not a parquet file, a directory of them"):
+        _local_metadata_files(a / "notes.md")
+
+
 def test_metadata_from_csv_and_parquet(tmp_path: Path):
     src = tmp_path / "src"
     src.mkdir()

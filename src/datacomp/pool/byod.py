@@ -43,6 +43,7 @@ from ..formats.pool import POOL_COLUMNS, POOL_SCHEMA, write_metadata
 from ..formats.shards import IMAGE_EXTS, ShardWriter, check_losses, list_shards, losses_record, sample_key
 from ..formats.stage import StageOutput
 from ..formats.tar import LINK, TarSamples
+from .input_files import input_files
 
 log = logging.getLogger(__name__)
 
@@ -88,21 +89,12 @@ def _pick(names: list[str], wanted: str | None, candidates: Sequence[str], what:
 
 
 def _input_files(inputs) -> list[Path]:
-    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    files: list[Path] = []
-    for it in items:
-        p = Path(it)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if not q.name.startswith(".") and
-                           (q.suffix in (".parquet", ".csv", ".tsv") or q.name.endswith((".csv.gz", ".tsv.gz"))))
-            if not found:
-                raise InputError(f"{p}: no .parquet/.csv/.tsv files")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
+    def named(p: Path) -> list[Path]:
+        if not p.is_file():
             raise InputError(f"{p}: does not exist")
-    return files
+        return [p]
+
+    return input_files(inputs, (".parquet", ".csv", ".tsv", ".csv.gz", ".tsv.gz"), ".parquet/.csv/.tsv", named)
 
 
 def byod_metadata(

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from ..errors import ConfigError, InputError
 from ..formats.atomic import replaced_dir
 from ..formats.guard import check_apart
+from .input_files import check_distinct_names, input_files, is_data_file
 
 log = logging.getLogger(__name__)
 
@@ -80,24 +81,15 @@ def fetch_metadata(
 
 
 def _local_metadata_files(source) -> list[Path]:
-    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
-    files: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix == ".parquet" and not q.name.startswith("."))
-            if not found:
-                raise InputError(f"{p}: no .parquet metadata files")
-            files += found
-        elif p.is_file() and p.suffix == ".parquet":
-            files.append(p)
-        elif p.is_file() and p.suffix in (".txt", ".list"):  # a list of paths, one a line
-            files += _local_metadata_files([q.strip() for q in p.read_text().splitlines() if q.strip()])
-        else:
-            raise InputError(f"{p}: not a parquet file, a directory of them, or a .txt list of paths")
-    names = [f.name for f in files]
-    if len(set(names)) != len(names):
-        raise InputError("metadata files must have distinct names: " + ", ".join(sorted({n for n in names if names.count(n) > 1})))
+    def named(p: Path) -> list[Path]:
+        if p.is_file() and p.suffix == ".parquet":
+            return [p]
+        if p.is_file() and p.suffix in (".txt", ".list"):  # a list of paths, one a line
+            return _local_metadata_files([q.strip() for q in p.read_text().splitlines() if q.strip()])
+        raise InputError(f"{p}: not a parquet file, a directory of them, or a .txt list of paths")
+
+    files = input_files(source, (".parquet",), ".parquet metadata", named)
+    check_distinct_names((f.name for f in files), "metadata files")
     for f in files:
         try:
             cols = pq.ParquetFile(f).schema_arrow.names
@@ -131,8 +123,7 @@ def _remote_metadata_files(urls: list[str]) -> list[tuple[object, str]]:
         try:
             fs, root = fsspec.core.url_to_fs(url)
             if fs.isdir(root):
-                found = sorted(p for p in fs.ls(root, detail=False)
-                               if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith("."))
+                found = sorted(p for p in fs.ls(root, detail=False) if is_data_file(p.rsplit("/", 1)[-1], (".parquet",)))
                 if not found:
                     raise InputError(f"{url}: no .parquet metadata files")
             elif fs.isfile(root) and root.endswith(".parquet"):
@@ -144,9 +135,7 @@ def _remote_metadata_files(urls: list[str]) -> list[tuple[object, str]]:
         except OSError as e:  # unreachable, denied, no such bucket
             raise InputError(f"{url}: cannot list metadata: {' '.join(str(e).split())}") from None
         out += [(fs, p) for p in found]
-    names = [p.rsplit("/", 1)[-1] for _, p in out]
-    if len(set(names)) != len(names):
-        raise InputError("metadata files must have distinct names: " + ", ".join(sorted({n for n in names if names.count(n) > 1})))
+    check_distinct_names((p.rsplit("/", 1)[-1] for _, p in out), "metadata files")
     for fs, p in out:
         try:
             with fs.open(p, "rb") as f:
