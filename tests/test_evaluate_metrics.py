@@ -193,6 +193,30 @@ def test_group_tasks_end_to_end(tmp_path):
     assert ds["main_metric"] == ds["acc_top5_wg"] and ds["acc_top5_avg"] == pytest.approx(ds["acc5"])
 
 
+def test_evaluator_registry_checks_tasks():
+    """Every evaluator tasks.yaml names is an entry; each classification evaluator has its metrics
+    registered; a task lacking what its evaluator reads is refused, one line naming the file and task."""
+    import datacomp.evaluate.zeroshot  # noqa: F401  (registers the evaluators' metrics)
+    from datacomp.errors import ConfigError
+    from datacomp.evaluate.evaluators import _METRICS, EVALUATORS, evaluator_of
+    from datacomp.evaluate.registry import Task, load_tasks
+
+    assert {t.evaluator for t in load_tasks()} - {None} == set(EVALUATORS)
+    assert {n for n, e in EVALUATORS.items() if "zeroshot_classification" in e.types} == set(_METRICS)
+    base = dict(key="x/y", name="X", short="x", type="zeroshot_classification", main_metric="acc1", group="other")
+    cases = [
+        (Task(**base, evaluator="group"), "evaluator 'group' needs 'metadata' fields"),
+        (Task(**base, evaluator="group", metadata=("a",), group_by=("b",)), "'group_by' must name fields of 'metadata'"),
+        (Task(**base, evaluator="fairface", metadata=("a",)), "evaluator 'fairface' does not apply to type 'zeroshot_classification'"),
+    ]
+    for task, msg in cases:
+        with pytest.raises(ConfigError, match=rf"^tasks\.yaml: task x/y: {msg}$"):
+            evaluator_of(task).check(task, "tasks.yaml")
+    with pytest.raises(ConfigError, match=r"^task x/y: unknown evaluator 'worst' \(known: group, "):
+        evaluator_of(Task(**base, evaluator="worst"))
+    assert evaluator_of(Task(**base)) is None
+
+
 def test_metadata_errors(tmp_path):
     ev = tmp_path / "ev"
     d = make_cls_task(ev, "fairness/geode", n_classes=4, per_shard=[3])

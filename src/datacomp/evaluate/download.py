@@ -32,6 +32,7 @@ from ..errors import DatacompError, InputError
 from .evalsets import CLASSNAMES, TEMPLATES, open_evalset
 from .registry import Task, get_task, load_tasks
 from .sources import source_of
+from .tasktypes import task_type
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def _download_wds(hub, t: Task, dest: Path, token: str | None, layout: str = "ou
                 return None
             raise
 
-    if t.type != "retrieval":
+    if task_type(t).prompts is not None:  # class names / fairness objectives + templates
         get(CLASSNAMES)
         get(TEMPLATES)
     nfile = get("test/nshards.txt")

@@ -67,7 +67,7 @@ def recall_macro(labels: np.ndarray, preds: np.ndarray) -> float:
 def classification_metrics(
     logits: torch.Tensor, labels: torch.Tensor, n_classes: int, f1: bool = False
 ) -> dict[str, float | None]:
-    """acc1, acc5 (None with fewer than 5 classes), mean_per_class_recall (+ the iWildCam set if ``f1``)."""
+    """acc1, acc5 (None with fewer than 5 classes), mean_per_class_recall (+ :func:`iwildcam_metrics` if ``f1``)."""
     logits = logits.float()
     labels = labels.long()
     if n_classes >= 5:
@@ -82,11 +82,20 @@ def classification_metrics(
         "acc5": _clean(acc5),
         "mean_per_class_recall": _clean(mean_per_class_recall(y, preds)),
     }
-    if f1:  # WILDS iWildCam evaluator: acc_avg, recall-macro_all, F1-macro_all
-        out["acc_avg"] = _clean(float(np.mean(preds == y)) if len(y) else float("nan"))
-        out["recall-macro_all"] = _clean(recall_macro(y, preds))
-        out["F1-macro_all"] = _clean(f1_macro(y, preds))
+    if f1:
+        out.update(iwildcam_metrics(logits, labels))
     return out
+
+
+def iwildcam_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float | None]:
+    """WILDS' iWildCam evaluator: acc_avg, recall-macro_all, F1-macro_all."""
+    preds = logits.float().argmax(dim=1).cpu().numpy() if len(labels) else np.zeros(0, dtype=np.int64)
+    y = labels.long().cpu().numpy()
+    return {
+        "acc_avg": _clean(float(np.mean(preds == y)) if len(y) else float("nan")),
+        "recall-macro_all": _clean(recall_macro(y, preds)),
+        "F1-macro_all": _clean(f1_macro(y, preds)),
+    }
 
 
 # ---------------------------------------------------------------- groups (WILDS conventions)

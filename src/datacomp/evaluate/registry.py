@@ -13,10 +13,9 @@ import yaml
 
 from ..config import resource_path
 from ..errors import ConfigError
+from .evaluators import evaluator_of
 from .tasktypes import TASK_TYPES
 
-# how a classification task's extra metrics are computed (null = acc1 / acc5 / mean per-class recall only)
-EVALUATORS = (None, "group", "wilds_iwildcam", "wilds_fmow", "fairface")
 SUITES = ("datacomp", "synth")
 SYNTH_PREFIX = "synth/"
 
@@ -32,7 +31,7 @@ class Task:
     size: int | None = None
     classes: int | None = None
     chance: float | None = None
-    # group metrics (WILDS, Dollar Street, GeoDE, FairFace, synth worst-group tasks)
+    # extra metrics (WILDS, Dollar Street, GeoDE, FairFace, synth worst-group tasks): evaluators.EVALUATORS
     evaluator: str | None = None
     metadata: tuple[str, ...] | None = None  # per-sample metadata fields, in .npy column order
     group_by: tuple[str, ...] | None = None  # fields whose combinations are the groups ("group")
@@ -58,7 +57,7 @@ class Task:
 
     @property
     def suite(self) -> str:
-        return "synth" if self.key.startswith(SYNTH_PREFIX) else "datacomp"
+        return suite_of(self.key)
 
     @property
     def scored(self) -> bool:
@@ -101,14 +100,14 @@ def load_registry() -> Registry:
             task = Task(**t)
         except TypeError as e:
             raise ConfigError(f"{path}: task {t.get('key')}: {e}") from None
-        if task.evaluator not in EVALUATORS:
-            raise ConfigError(f"{path}: task {task.key}: unknown evaluator '{task.evaluator}'")
-        if task.evaluator in ("group", "wilds_fmow", "fairface") and not task.metadata:
-            raise ConfigError(f"{path}: task {task.key}: evaluator '{task.evaluator}' needs 'metadata' fields")
-        if task.evaluator == "group" and not (task.group_by and set(task.group_by) <= set(task.metadata or ())):
-            raise ConfigError(f"{path}: task {task.key}: 'group_by' must name fields of 'metadata'")
         if task.type not in TASK_TYPES:
             raise ConfigError(f"{path}: task {task.key}: unknown type '{task.type}'")
+        try:
+            evaluator = evaluator_of(task)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        if evaluator is not None:
+            evaluator.check(task, str(path))
         if task.key in seen:
             raise ConfigError(f"{path}: task {task.key} listed twice")
         seen.add(task.key)
@@ -139,6 +138,7 @@ def get_task(key: str) -> Task:
 
 
 def suite_of(key: str) -> str:
+    """The suite of a task key: 'synth' for the world's (``synth/...``), else 'datacomp'."""
     return "synth" if key.startswith(SYNTH_PREFIX) else "datacomp"
 
 

@@ -21,12 +21,14 @@ import numpy as np
 
 from ..executors.children import die_with_parent
 from .dataset import EvalSet
+from .evaluators import evaluator_of, extra_metrics
 from .images import ImageDataset, collate_images
 from .metrics import (
     FAIRNESS_OBJECTIVES,
     classification_metrics,
     fairness_metrics,
     fmow_metrics,
+    iwildcam_metrics,
     retrieval_metrics,
     winogavil_metrics,
     winogavil_prediction,
@@ -209,6 +211,27 @@ def encode_images(
     return torch.cat(idx_all), torch.cat(feats), failed
 
 
+@extra_metrics("group")
+def _group_metrics(logits: torch.Tensor, labels: torch.Tensor, evalset: EvalSet, idx: torch.Tensor, task) -> dict[str, Any]:
+    if not len(idx):
+        return {}
+    md = evalset.metadata_array()[idx.numpy()]
+    return worst_group_accuracy(logits, labels, md, task.metadata, task.group_by, topk=task.topk)
+
+
+@extra_metrics("wilds_fmow")
+def _fmow_metrics(logits: torch.Tensor, labels: torch.Tensor, evalset: EvalSet, idx: torch.Tensor, task) -> dict[str, Any]:
+    if not len(idx):
+        return {}
+    md = evalset.metadata_array()[idx.numpy()]
+    return fmow_metrics(logits, labels, md, task.metadata, region_names=(task.value_names or {}).get("region"))
+
+
+@extra_metrics("wilds_iwildcam")
+def _iwildcam_metrics(logits: torch.Tensor, labels: torch.Tensor, evalset: EvalSet, idx: torch.Tensor, task) -> dict[str, Any]:
+    return iwildcam_metrics(logits, labels)
+
+
 @evaluates("zeroshot_classification")
 @torch.no_grad()
 def zeroshot_classification(
@@ -216,20 +239,16 @@ def zeroshot_classification(
     precision: Precision | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """-> (metrics, {"indices", "logits", "labels"}); the classifier at ``precision``, the image
-    forward in fp32, like the reference."""
+    forward in fp32, like the reference; then the task's evaluator's metrics (``evaluators.py``)."""
     classifier = class_embeddings(model, tokenizer, evalset.classnames, evalset.templates, batch_size, precision)
     idx, feats, failed = encode_images(model, evalset, preprocess, batch_size, workers, FP32)
     labels = torch.tensor([evalset.samples[i].label for i in idx.tolist()], dtype=torch.long)
     logits = 100.0 * feats @ classifier if len(idx) else torch.empty(0, len(evalset.classnames))
     task = evalset.task
-    metrics = classification_metrics(logits.cpu(), labels, len(evalset.classnames), f1=task.evaluator == "wilds_iwildcam")
-    if task.evaluator in ("group", "wilds_fmow") and len(idx):
-        md = evalset.metadata_array()[idx.numpy()]
-        if task.evaluator == "group":
-            metrics.update(worst_group_accuracy(logits.cpu(), labels, md, task.metadata, task.group_by, topk=task.topk))
-        else:
-            names = (task.value_names or {}).get("region")
-            metrics.update(fmow_metrics(logits.cpu(), labels, md, task.metadata, region_names=names))
+    metrics = classification_metrics(logits.cpu(), labels, len(evalset.classnames))
+    evaluator = evaluator_of(task)
+    if evaluator is not None:
+        metrics.update(evaluator.metrics(logits.cpu(), labels, evalset, idx, task))
     metrics["n_samples"] = int(len(idx))
     metrics["n_skipped"] = int(failed)
     return metrics, {"indices": idx, "logits": logits.cpu(), "labels": labels}

@@ -85,8 +85,10 @@ class Experiment:
 
     @property
     def suite(self) -> str:
+        from ..evaluate.registry import suite_of
+
         keys = [r["key"] for run in self.runs for r in run.results]
-        return "datacomp" if keys and not any(k.startswith("synth/") for k in keys) else "synth"
+        return "datacomp" if keys and all(suite_of(k) == "datacomp" for k in keys) else "synth"
 
     def recipes(self) -> list[str]:
         names: list[str] = []
