@@ -26,6 +26,8 @@ import platform
 import re
 import resource
 import shlex
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -91,24 +93,28 @@ def main() -> None:
     scale = load_scale(a.scale)
     if a.samples:
         scale = Scale(**{**scale.__dict__, "samples_seen": a.samples})
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout's TERM still removes the temporary
     base = Path(tempfile.mkdtemp(prefix="bench-train-", dir=a.dir or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)))
-    shards = base / "shards"
-    write_toy_shards(shards, n_shards=a.shards, per_shard=a.per_shard)
-    load0 = os.getloadavg()
-    res: dict[str, list[dict]] = {"wrapper": [], "direct": []}
-    # the wrapper's environment for the child (same thread count)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-    env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) - a.workers)))
-    cmd: list[str] = []
-    for r in range(a.repeats):  # ABBA order: slow drifts in the machine's load hit both alike
-        for kind in (("wrapper", "direct") if r % 2 == 0 else ("direct", "wrapper")):
-            if kind == "wrapper":
-                w, cmd = run_wrapper(scale, shards, base / f"wrapper{r}", a.workers)
-                res["wrapper"].append(w)
-            else:
-                if not cmd:  # the direct run copies the wrapper's exact command: build it first
-                    cmd = train(scale, shards, base / "probe", workers=a.workers, device="cpu", print_args=True)
-                res["direct"].append(run_direct(scale, cmd, base / f"direct{r}", env))
+    try:
+        shards = base / "shards"
+        write_toy_shards(shards, n_shards=a.shards, per_shard=a.per_shard)
+        load0 = os.getloadavg()
+        res: dict[str, list[dict]] = {"wrapper": [], "direct": []}
+        # the wrapper's environment for the child (same thread count)
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+        env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) - a.workers)))
+        cmd: list[str] = []
+        for r in range(a.repeats):  # ABBA order: slow drifts in the machine's load hit both alike
+            for kind in (("wrapper", "direct") if r % 2 == 0 else ("direct", "wrapper")):
+                if kind == "wrapper":
+                    w, cmd = run_wrapper(scale, shards, base / f"wrapper{r}", a.workers)
+                    res["wrapper"].append(w)
+                else:
+                    if not cmd:  # the direct run copies the wrapper's exact command: build it first
+                        cmd = train(scale, shards, base / "probe", workers=a.workers, device="cpu", print_args=True)
+                    res["direct"].append(run_direct(scale, cmd, base / f"direct{r}", env))
+    finally:  # toy shards and run directories: ~260 MB, in /dev/shm (memory) by default
+        shutil.rmtree(base, ignore_errors=True)
 
     def med(kind: str, key: str) -> float | None:
         vals = [x[key] for x in res[kind] if x[key] is not None]
