@@ -353,6 +353,38 @@ def test_file_size_limit_is_one_line_and_keeps_the_old_output(world: Path):
     assert changed(before, snapshot(world)) == []
 
 
+def _read_only_mount(d: Path) -> str | None:
+    """The shell line that remounts ``d`` read-only in a private mount namespace (``unshare -m``,
+    so nothing outside the test's process sees it), or None where this machine does not allow it."""
+    import shutil as sh
+
+    if sh.which("unshare") is None or sh.which("mount") is None:
+        return None
+    line = f"mount --bind {d} {d} && mount -o remount,bind,ro {d}"
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"{line} && ! touch {d}/.probe 2>/dev/null"],
+                           capture_output=True, timeout=20)
+    (d / ".probe").unlink(missing_ok=True)
+    return line if probe.returncode == 0 else None
+
+
+def test_read_only_output_is_one_line_and_changes_nothing(world: Path):
+    """The output directory on a file system mounted read-only for real (root ignores mode bits)."""
+    ro = world / "ro"
+    ro.mkdir()
+    (ro / "old.npy").write_bytes((world / "subset.npy").read_bytes())
+    mount = _read_only_mount(ro)
+    if mount is None:
+        pytest.skip("no private read-only bind mount here (unshare -m / mount --bind not permitted)")
+    before = snapshot(world)
+    argv = ["filter", "--pool", str(world / "pool"), "--recipe", str(world / "recipe.yaml"), "--out", str(ro / "s.npy")]
+    p = subprocess.run(["unshare", "-m", "sh", "-c", f"{mount} && exec \"$0\" \"$@\"", sys.executable, "-m",
+                        "datacomp.cli", *argv], capture_output=True, text=True, timeout=60)
+    lines = _error_lines(p.stderr)
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert str(ro) in lines[0] and "read-only" in lines[0].lower(), lines[0]
+    assert changed(before, snapshot(world)) == [] and set(snapshot(world)) == set(before)
+
+
 # ---- a killed parent takes its children; one train per run directory -----------------------------
 
 def test_busy_run_directory_refuses_naming_the_holder(world: Path, capsys):
