@@ -411,6 +411,22 @@ def test_unreadable_training_data_fails_fast_with_bounded_logs(tmp_path: Path):
     assert (tmp_path / "stdout.log").stat().st_size < 200_000
 
 
+def test_curated_rerenders_are_bounded(tmp_path: Path, monkeypatch):
+    """A curated row whose every render collides with an eval image is an error after a bounded
+    number of renders, not a loop (the renders done are counted in the synth manifest)."""
+    from datacomp.errors import FormatError
+    from datacomp.pool.synth import generate
+    from datacomp.pool.synth.world import load_noise
+
+    class Everything(frozenset):
+        def __contains__(self, item) -> bool:
+            return True
+
+    monkeypatch.setattr(generate, "_eval_shas", lambda path: Everything())
+    with pytest.raises(FormatError, match=f"curated row 0 equals an eval image in {generate.MAX_RERENDERS} renders"):
+        generate.write_curated_shard(str(tmp_path), 0, 12, json.dumps(load_noise()), str(tmp_path / "eval.json"), 0, 0, 1)
+
+
 def _trainers_of(parent: int) -> list[int]:
     from datacomp.executors.children import group_members
 
