@@ -1,10 +1,10 @@
 """``train --overwrite`` trains beside the old run and swaps it in (issue 16), and the bound on
 unreadable training data (:mod:`datacomp.train.corrupt`).
 
-One real open_clip run makes the old run; an overwrite on data 30 % unreadable (never two bad
-members in a row) fails on the corrupt-fraction limit and leaves the old run byte-identical and
-reusable; a second overwrite succeeds and every file that records a path names the final run
-directory.
+A finished run directory of the train lifecycle stands for the old run; an overwrite on data
+30 % unreadable (never two bad members in a row) fails on the corrupt-fraction limit and leaves
+it byte-identical and reusable; a second overwrite (a real open_clip run) succeeds and every
+file that records a path names the final run directory.
 """
 from __future__ import annotations
 
@@ -46,13 +46,32 @@ def _garbage_shards(d: Path, shards: int = 2, per_shard: int = 100) -> Path:
     return d
 
 
+def _old_run(run: Path) -> dict:
+    """A finished run directory of the train lifecycle (its manifest last), without a trainer:
+    what an overwrite must leave byte for byte."""
+    from datacomp.train.rundir import run_output
+
+    params = {"scale": {"name": "old"}, "seed": 0}
+    life = run_output(run, params)
+    assert life.begin() is None
+    for name, data in {"checkpoints/epoch_latest.pt": b"old weights", "model/open_clip_config.json": b"{}",
+                       "info.json": json.dumps({"checkpoint": str(run / "checkpoints/epoch_latest.pt")}).encode(),
+                       "params.txt": f"name: run\nlogs: {run.parent}\n".encode()}.items():
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_bytes(data)
+    life.finish(Manifest(stage="train", params=params))
+    return params
+
+
 def test_overwrite_trains_beside_and_swaps_in(tmp_path: Path):
     import torch
+
+    from datacomp.train.rundir import run_output
 
     clean, run = tmp_path / "clean", tmp_path / "run"
     write_toy_shards(clean, n_shards=2, per_shard=32)
     bad = _garbage_shards(tmp_path / "bad")
-    train(_scale(64), clean, run, seed=0, workers=0)
+    old_params = _old_run(run)
     before = snapshot(run)
 
     # a failing overwrite: the trainer stops on the corrupt fraction, in one line naming shards and counts
@@ -68,9 +87,10 @@ def test_overwrite_trains_beside_and_swaps_in(tmp_path: Path):
     assert log.stat().st_size < 200_000 and log.read_text().count("Ignoring") <= 25  # logs bounded
     assert snapshot(run) == before  # nothing changed, nothing added
 
-    # the old run is reusable as it was; that run drops the failed overwrite's sibling
-    again = train(_scale(64), clean, run, seed=0, workers=0)
-    assert again.reused and again.params["seed"] == 0 and not list(tmp_path.glob(".run.swap-*"))
+    # the old run is reusable as it was (train's lifecycle reuses it); that drops the failed overwrite's sibling
+    again = run_output(run, old_params).begin()
+    assert again is not None and again.reused and again.params == old_params
+    assert not list(tmp_path.glob(".run.swap-*")) and snapshot(run) == before
 
     # a successful overwrite replaces it; what records a path names the final run directory
     new = train(_scale(64), clean, run, seed=1, workers=0, overwrite=True)
