@@ -234,6 +234,9 @@ def test_hostile_server_summary_retry_and_content(tmp_path: Path, server: _Serve
     assert all(r["error"] for r in failed)
     assert s["failure_kinds"]["too_large"] == 2 and s["failure_kinds"]["http_5xx"] == 3
     assert 0 < s["success_rate"] < 1
+    # img2dataset's retries (--retries 1) are counted: one re-attempt per URL whose fetch failed
+    # (the 6 hostile ones that fail before a body arrives, the 2 flaky ones; not /html nor the bomb)
+    assert s["url_retries"] == s["urls_retried"] == 8 and m.counts["url_retries"] == 8
 
     # retry: only the failed uids are requested again (each attempt counted), into new shards
     before = server.snapshot()
@@ -246,6 +249,7 @@ def test_hostile_server_summary_retry_and_content(tmp_path: Path, server: _Serve
     assert len(list((pool / "shards").glob("*.tar"))) == n_shards + -(-len(expected) // PER_SHARD)
     s2 = dl.summarize(pool)
     assert s2["downloaded_uids"] == N_GOOD + N_FLAKY and s2["failed_uids"] == len(HOSTILE)
+    assert s2["url_retries"] == 8  # the retry round ran with --retries 0
 
     # the final pool: every successful sample exactly once, resized, with its uid and caption
     samples = _pool_samples(pool / "shards")

@@ -353,6 +353,38 @@ def test_file_size_limit_is_one_line_and_keeps_the_old_output(world: Path):
     assert changed(before, snapshot(world)) == []
 
 
+def _read_only_mount(d: Path) -> str | None:
+    """The shell line that remounts ``d`` read-only in a private mount namespace (``unshare -m``,
+    so nothing outside the test's process sees it), or None where this machine does not allow it."""
+    import shutil as sh
+
+    if sh.which("unshare") is None or sh.which("mount") is None:
+        return None
+    line = f"mount --bind {d} {d} && mount -o remount,bind,ro {d}"
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"{line} && ! touch {d}/.probe 2>/dev/null"],
+                           capture_output=True, timeout=20)
+    (d / ".probe").unlink(missing_ok=True)
+    return line if probe.returncode == 0 else None
+
+
+def test_read_only_output_is_one_line_and_changes_nothing(world: Path):
+    """The output directory on a file system mounted read-only for real (root ignores mode bits)."""
+    ro = world / "ro"
+    ro.mkdir()
+    (ro / "old.npy").write_bytes((world / "subset.npy").read_bytes())
+    mount = _read_only_mount(ro)
+    if mount is None:
+        pytest.skip("no private read-only bind mount here (unshare -m / mount --bind not permitted)")
+    before = snapshot(world)
+    argv = ["filter", "--pool", str(world / "pool"), "--recipe", str(world / "recipe.yaml"), "--out", str(ro / "s.npy")]
+    p = subprocess.run(["unshare", "-m", "sh", "-c", f"{mount} && exec \"$0\" \"$@\"", sys.executable, "-m",
+                        "datacomp.cli", *argv], capture_output=True, text=True, timeout=60)
+    lines = _error_lines(p.stderr)
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert str(ro) in lines[0] and "read-only" in lines[0].lower(), lines[0]
+    assert changed(before, snapshot(world)) == [] and set(snapshot(world)) == set(before)
+
+
 # ---- a killed parent takes its children; one train per run directory -----------------------------
 
 def test_busy_run_directory_refuses_naming_the_holder(world: Path, capsys):
@@ -377,6 +409,22 @@ def test_unreadable_training_data_fails_fast_with_bounded_logs(tmp_path: Path):
     with pytest.raises(FormatError, match="yields no valid sample"):
         monitor.stream([sys.executable, "-c", spin], dict(os.environ), tmp_path / "stdout.log")
     assert (tmp_path / "stdout.log").stat().st_size < 200_000
+
+
+def test_curated_rerenders_are_bounded(tmp_path: Path, monkeypatch):
+    """A curated row whose every render collides with an eval image is an error after a bounded
+    number of renders, not a loop (the renders done are counted in the synth manifest)."""
+    from datacomp.errors import FormatError
+    from datacomp.pool.synth import generate
+    from datacomp.pool.synth.world import load_noise
+
+    class Everything(frozenset):
+        def __contains__(self, item) -> bool:
+            return True
+
+    monkeypatch.setattr(generate, "_eval_shas", lambda path: Everything())
+    with pytest.raises(FormatError, match=f"curated row 0 equals an eval image in {generate.MAX_RERENDERS} renders"):
+        generate.write_curated_shard(str(tmp_path), 0, 12, json.dumps(load_noise()), str(tmp_path / "eval.json"), 0, 0, 1)
 
 
 def _trainers_of(parent: int) -> list[int]:

@@ -207,7 +207,7 @@ STAGES = {
               ".params.json", "clear"),
     "filter": (_filter, "datacomp.filters.stage._global_steps", ".subset.npy.work", "subset.json", ".params.json",
                "aside"),
-    "train": (_train, "datacomp.train.launch._train_here", ".", "manifest.json", ".params.json", "clear"),
+    "train": (_train, "datacomp.train.launch._train_here", ".", "manifest.json", ".params.json", "swap"),
     "evaluate": (_evaluate, "datacomp.evaluate.runner._run_tasks", ".", "eval_results.manifest.json",
                  ".eval_results.params.json", "clear"),
     "download": (_download, "datacomp.pool.download.run_img2dataset", "download", "manifest.json", ".params.json",

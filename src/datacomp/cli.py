@@ -58,6 +58,17 @@ def _count(low: int, high: int | None = None) -> Callable[[str], int]:
 POSITIVE = _count(1)
 
 
+def _corrupt_fraction(text: str) -> float:
+    """argparse type of ``train --max-corrupt-fraction``: a number in (0, 1]."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text}")
+    return v
+
+
 def _boolean(text: str) -> bool:
     """argparse type: true/false (also 1/0, yes/no), as img2dataset's command line takes them."""
     v = text.strip().lower()
@@ -283,7 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--report-to", choices=["tensorboard", "wandb", "wandb,tensorboard", "all"], help="also log to these")
     sp.add_argument("--wandb-project", default=None, help="wandb project (default datanet, as the reference)")
     sp.add_argument("--max-repeats", type=float, default=10.0, help="warn when a sample will be seen more often than this (default %(default)s)")
-    sp.add_argument("--overwrite", action="store_true", help="replace another run in --out")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="replace another run in --out: the new run trains beside it and replaces it once finished")
+    sp.add_argument("--max-corrupt-fraction", type=_corrupt_fraction, default=0.1,
+                    help="fail when more than this fraction of the training members read (after the first 500, per "
+                         "data-loader worker) cannot be read; 1 turns the limit off (default %(default)s)")
     # the reference train.py's flags, passed to open_clip as it passes them
     sp.add_argument("--num-checkpoints", type=POSITIVE, default=None,
                     help="epochs = checkpoints, each samples_seen / N samples; the reference lets it vary (its "

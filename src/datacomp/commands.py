@@ -204,7 +204,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                          sbatch_options=a.sbatch or (), max_repeats=a.max_repeats, overwrite=a.overwrite,
                          num_checkpoints=a.num_checkpoints, save_frequency=a.save_frequency,
                          imagenet_val=a.imagenet_val, grad_clip_norm=a.grad_clip_norm,
-                         log_every_n_steps=a.log_every_n_steps)
+                         log_every_n_steps=a.log_every_n_steps, max_corrupt_fraction=a.max_corrupt_fraction)
     m = train(a.scale, data, Path(a.out), config)
     if not a.print_args and not a.slurm and m is not None:
         print(json.dumps({"run": a.out, "counts": m.counts, "timings": m.timings}, indent=2))

@@ -36,7 +36,8 @@ steps::
   the sibling ``.NAME.swap-new`` (``life.dir`` points there once ``begin()`` returns: the stage
   writes under ``life.dir``, never under the path it was given), and ``finish`` moves into it
   what of the old directory is not this stage's (other stages' outputs, as "clear" would leave
-  them), then swaps the two with renames and removes the old one. A failed or killed overwrite
+  them) and its ``keep`` files (hard links: a lock stays held), then swaps the two (one atomic
+  exchange where the kernel has it, else two renames) and removes the old one. A failed or killed overwrite
   leaves the old output as it was; the next run drops the half-built sibling (and completes or
   undoes a swap cut between its two renames).
 
@@ -172,7 +173,7 @@ class StageOutput:
                 old.rename(self.target)
                 log.warning("%s: an overwrite was cut while swapping; the previous output is back", self.where)
         if new.exists():
-            log.info("%s: dropping a killed overwrite's unfinished output (%s)", self.where, new.name)
+            log.info("%s: dropping what a killed overwrite left beside it (%s)", self.where, new.name)
             shutil.rmtree(new)
 
     @property
@@ -328,15 +329,40 @@ class StageOutput:
         return manifest
 
     def _swap_in(self) -> None:
-        """The finished new directory replaces the old one (see the module docstring)."""
+        """The finished new directory replaces the old one (see the module docstring). The ``keep``
+        files (a lock) are hard-linked into the new directory first, so a lock held on one stays
+        held; where the kernel can (Linux ``renameat2``) the two directories are exchanged in one
+        step, so the path never goes missing for a process that looks at it meanwhile."""
         old_dir, new_dir = self.target, self.dir
         if old_dir.is_dir():
             mine = {p.name for p in self.owned if p.parent == new_dir}
             lifecycle = {self.pending_name, MARKER_DIR, MANIFEST_NAME, *self.keep}
             for p in sorted(old_dir.iterdir()):
-                if not self.exclusive and p.name not in mine | lifecycle and not (new_dir / p.name).exists():
+                if p.name in self.keep and p.is_file() and not (new_dir / p.name).exists():
+                    os.link(p, new_dir / p.name)
+                elif not self.exclusive and p.name not in mine | lifecycle and not (new_dir / p.name).exists():
                     p.rename(new_dir / p.name)  # another stage's output: it stays in the directory
-            old_dir.rename(self._sibling("old"))
-        new_dir.rename(old_dir)
+            if _exchange(old_dir, new_dir):  # old_dir holds the new output, new_dir the old one
+                new_dir.rename(self._sibling("old"))
+            else:
+                old_dir.rename(self._sibling("old"))
+                new_dir.rename(old_dir)
+        else:
+            new_dir.rename(old_dir)
         self._retarget(old_dir)
         shutil.rmtree(self._sibling("old"), ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Exchange directories ``a`` and ``b`` atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False
+    where the kernel, the C library or the file system cannot (the caller renames twice instead)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0

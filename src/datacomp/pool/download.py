@@ -45,7 +45,7 @@ from ..errors import DatacompError, InputError
 from ..formats.atomic import atomic_path, write_json
 from ..formats.manifest import Manifest
 from ..formats.stage import StageOutput
-from .failures import STATE_DIR, failure_kind, read_attempts, summarize
+from .failures import RETRIES_DIR, STATE_DIR, failure_kind, read_attempts, summarize
 from .metadata_fetch import HF_REPOS, fetch_metadata
 from .supervise import (DownloadOptions, expected_first_round, remove_partial_shards, run_img2dataset, shard_ids,
                         wait_reporting_shards)
@@ -63,7 +63,7 @@ def download_output(pool: Path, params: dict[str, Any], overwrite: bool = False)
     state = pool / STATE_DIR
     return StageOutput(STAGE, state, params, overwrite=overwrite, manifest=pool / "manifest.json", files_root=pool,
                        owned=[pool / "shards", state / "round0.done", state / "summary.json", state / "failed.parquet",
-                              *sorted(state.glob("retry-*"))], follows=("byod",), where=pool)
+                              state / RETRIES_DIR, *sorted(state.glob("retry-*"))], follows=("byod",), where=pool)
 
 
 def download(
@@ -102,7 +102,7 @@ def download(
     if not round_marker.is_file():
         remove_partial_shards(shards)
         r0 = run_img2dataset(pool / "metadata", shards, opts, mode="incremental", bbox=opts.blur,
-                             log_path=state / "img2dataset.log")
+                             log_path=state / "img2dataset.log", retries_dir=state / RETRIES_DIR)
         timings["round0"] = r0["seconds"]
         timings["round0_peak_rss_mb"] = r0["peak_rss_mb"]
         expected = expected_first_round(pool / "metadata", opts.samples_per_shard)
@@ -172,7 +172,7 @@ def retry_failed(pool: str | os.PathLike, options: DownloadOptions | None = None
         pq.write_table(table, tmp)
     before = len(ok_uids)
     usage = run_img2dataset(rdir, shards, opts, mode="extend", bbox=opts.blur and "face_bboxes" in table.column_names,
-                            log_path=state / "img2dataset.log")
+                            log_path=state / "img2dataset.log", retries_dir=state / RETRIES_DIR)
     after = read_attempts(shards)
     now_ok = set(after.filter(pc.equal(after.column("status"), "success")).column("uid").to_pylist())
     write_json(state / "summary.json", summarize(pool))  # and failed.parquet, the next retry list

@@ -2,6 +2,8 @@
 failure by kind, the success rate over all rounds, and the retry list ``download/failed.parquet``."""
 from __future__ import annotations
 
+import json
+
 import os
 import re
 from collections import Counter
@@ -15,6 +17,7 @@ from ..formats.atomic import atomic_path
 from .supervise import shard_ids
 
 STATE_DIR = "download"
+RETRIES_DIR = "url_retries"  # STATE_DIR/url_retries/<shard>.json: img2dataset's re-attempts per shard (pool/i2d.py)
 
 _KINDS = [
     ("http_404", re.compile(r"HTTP Error 404")),
@@ -39,6 +42,21 @@ def failure_kind(message: str | None) -> str:
         if rx.search(message):
             return kind
     return "other"
+
+
+def retry_counts(d: Path) -> dict[str, int]:
+    """``{"url_retries": re-attempts made, "urls_retried": URLs attempted more than once}`` over the
+    shards img2dataset finished (each at most ``--retries`` re-attempts per URL)."""
+    total = {"url_retries": 0, "urls_retried": 0}
+    for f in sorted(d.glob("*.json")) if d.is_dir() else []:
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict):
+            total["url_retries"] += int(rec.get("retries", 0) or 0)
+            total["urls_retried"] += int(rec.get("urls_retried", 0) or 0)
+    return total
 
 
 def read_attempts(shards: Path) -> pa.Table:
@@ -100,6 +118,7 @@ def summarize(pool: str | os.PathLike) -> dict[str, Any]:
         "failure_examples": examples,
         "shards": len(shard_ids(shards)[0]),
         "samples_in_shards": success_rows,
+        **retry_counts(pool / STATE_DIR / RETRIES_DIR),
     }
     failed = sorted(last_fail)
     table = pa.table({

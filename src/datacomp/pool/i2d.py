@@ -12,6 +12,10 @@ every other part of img2dataset (reader, resizer, writers, incremental mode, sta
   one byte a second holds a thread forever, and the body is read whole into memory whatever its
   size. The subclass carries limits (total seconds per attempt, bytes per file) to the worker
   processes in its pickled state; unpickling installs a bounded fetch in that process.
+  Its retries stay img2dataset's (``retries`` re-attempts per URL, bounded) but are counted:
+  each finished shard leaves ``{"retries", "urls_retried"}`` in ``RETRIES_DIR/<shard>.json``
+  (``config["retries_dir"]``; written just before img2dataset's ``_stats.json``, the mark of a
+  finished shard), which the download's summary adds up.
 * ``BoundingBoxBlurrer`` -> :class:`datacomp.pool.blur.ReferenceBlurrer` (DATACOMP.md §3.2
   kernel size; img2dataset 1.47.0's own blurrer uses a smaller kernel).
 
@@ -32,7 +36,9 @@ import io
 import json
 import os
 import sys
+import threading
 import time
+from pathlib import Path
 import urllib.request
 from typing import Any
 
@@ -90,11 +96,54 @@ def bounded_fetch(row, timeout, user_agent_token, disallowed_header_directives):
         return key, None, str(err) or type(err).__name__
 
 
-def _install(limits: dict[str, float]) -> None:
+_RETRIED = {"retries": 0, "urls_retried": 0}  # this process's shard in progress (one at a time)
+_RETRIED_LOCK = threading.Lock()
+
+
+def counted_retry(row, timeout, retries, user_agent_token, disallowed_header_directives):
+    """``img2dataset.downloader.download_image_with_retry`` (``retries + 1`` attempts at most),
+    counting the re-attempts."""
+    key, img_stream, err = None, None, None
+    for attempt in range(retries + 1):
+        key, img_stream, err = bounded_fetch(row, timeout, user_agent_token, disallowed_header_directives)
+        if attempt:
+            with _RETRIED_LOCK:
+                _RETRIED["retries"] += 1
+                _RETRIED["urls_retried"] += attempt == 1
+        if img_stream is not None:
+            break
+    return key, img_stream, err
+
+
+_RETRIES_DIR: list[str] = []  # this process's retries_dir (empty: not recorded)
+
+
+def _stats_with_retries(write_stats):
+    """img2dataset's ``write_stats`` (the shard's ``_stats.json``: the mark of a finished shard),
+    preceded by the shard's retry count: a shard that counts as finished always has its count."""
+    def wrapped(output_folder, shard_id, *args, **kwargs):
+        if _RETRIES_DIR:
+            from datacomp.formats.atomic import write_json
+
+            oom = args[7] if len(args) > 7 else kwargs.get("oom_shard_count", 5)
+            with _RETRIED_LOCK:
+                counts = dict(_RETRIED)
+            write_json(Path(_RETRIES_DIR[0]) / f"{shard_id:0{oom}d}.json", counts, indent=None)
+        return write_stats(output_folder, shard_id, *args, **kwargs)
+
+    wrapped.datacomp_wrapped = True  # type: ignore[attr-defined]
+    return wrapped
+
+
+def _install(limits: dict[str, float], retries_dir: str | None = None) -> None:
     import img2dataset.downloader as dl
 
     _LIMITS.update(limits)
     dl.download_image = bounded_fetch
+    dl.download_image_with_retry = counted_retry
+    _RETRIES_DIR[:] = [retries_dir] if retries_dir else []
+    if not getattr(dl.write_stats, "datacomp_wrapped", False):
+        dl.write_stats = _stats_with_retries(dl.write_stats)
 
 
 try:  # the subclass only exists where img2dataset is installed
@@ -105,15 +154,22 @@ except ImportError:  # pragma: no cover
 
 class BoundedDownloader(_I2DDownloader):  # type: ignore[misc,valid-type]
     limits: dict[str, float] = dict(DEFAULT_LIMITS)  # set in the parent before img2dataset builds us
+    retries_dir: str | None = None  # where each shard's retry count goes (None: not recorded)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._datacomp_limits = dict(type(self).limits)
-        _install(self._datacomp_limits)
+        self._datacomp_retries_dir = type(self).retries_dir
+        _install(self._datacomp_limits, self._datacomp_retries_dir)
+
+    def download_shard(self, row):  # one shard at a time per process: its retries are this process's
+        with _RETRIED_LOCK:
+            _RETRIED.update(retries=0, urls_retried=0)
+        return super().download_shard(row)
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # runs in each img2dataset worker
         self.__dict__.update(state)
-        _install(state.get("_datacomp_limits", DEFAULT_LIMITS))
+        _install(state.get("_datacomp_limits", DEFAULT_LIMITS), state.get("_datacomp_retries_dir"))
 
 
 def run(config: dict[str, Any]) -> None:
@@ -124,6 +180,7 @@ def run(config: dict[str, Any]) -> None:
 
     if config.get("bounded", True):
         BoundedDownloader.limits = {"max_bytes": float(config["max_bytes"]), "max_seconds": float(config["max_seconds"])}
+        BoundedDownloader.retries_dir = config.get("retries_dir")
         i2d_main.Downloader = BoundedDownloader
     if config.get("reference_blur", True):
         from datacomp.pool.blur import ReferenceBlurrer

@@ -102,11 +102,13 @@ def _i2d_kwargs(url_list: Path, shards: Path, opts: DownloadOptions, mode: str, 
 
 
 def run_img2dataset(url_list: Path, shards: Path, opts: DownloadOptions, mode: str = "incremental",
-                    bbox: bool = True, log_path: Path | None = None) -> dict[str, float]:
+                    bbox: bool = True, log_path: Path | None = None, retries_dir: Path | None = None) -> dict[str, float]:
     """Run img2dataset in a child process; returns {"seconds", "peak_rss_mb"} (the largest process
-    of the run). Raises DatacompError on failure."""
+    of the run). Raises DatacompError on failure. ``retries_dir``: where each shard's count of URL
+    re-attempts goes (``pool/i2d.py``; bounded fetches only)."""
     shards.mkdir(parents=True, exist_ok=True)
     cfg = {
+        "retries_dir": str(retries_dir) if retries_dir is not None else None,
         "kwargs": _i2d_kwargs(url_list, shards, opts, mode, bbox),
         "bounded": opts.bounded,
         "reference_blur": opts.reference_blur,

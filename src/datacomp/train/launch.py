@@ -24,14 +24,15 @@ from ..executors.children import dir_lock
 from ..formats.atomic import write_bytes, write_json
 from ..formats.guard import check_apart
 from ..formats.manifest import Manifest
-from . import models
+from ..formats.stage import StageOutput
+from . import corrupt, models
 from .data import TrainData, check_tar_head, find_train_data
 from .launchers import cpu_count, default_device, slurm_script, train_command
 from .models import check_checkpoint
 from .monitor import Progress, children_cpu, stream
 from .protocol import (build_args, check_shards, expected_repetitions, parse_weights, resolve_scale, run_params,
                        sources_of)
-from .rundir import LATEST, final_epoch, finish, run_output
+from .rundir import LATEST, final_epoch, finish, name_final, run_output
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class TrainConfig:
     imagenet_val: str | os.PathLike | None = None  # ImageNet val folder: open_clip's zero-shot check each epoch
     grad_clip_norm: float | None = None  # clip the gradient norm (the protocol has no clipping)
     log_every_n_steps: int | None = None  # open_clip's log interval (default 100; embedded scales steps/10)
+    # unreadable members tolerated (a fraction of those read, per data-loader worker; 1: no limit)
+    max_corrupt_fraction: float = corrupt.DEFAULT_MAX_FRACTION
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,10 @@ def _reference_overrides(c: TrainConfig, s: Scale) -> Scale:
         raise ConfigError(f"--grad-clip-norm must be a positive finite number, got {c.grad_clip_norm!r}")
     if c.log_every_n_steps is not None and (not isinstance(c.log_every_n_steps, int) or c.log_every_n_steps < 1):
         raise ConfigError(f"--log-every-n-steps must be a positive integer, got {c.log_every_n_steps!r}")
+    try:
+        corrupt.check_fraction(c.max_corrupt_fraction)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"--max-corrupt-fraction {e}") from None
     if c.imagenet_val is not None and not Path(c.imagenet_val).expanduser().is_dir():
         raise InputError(f"{c.imagenet_val}: --imagenet-val needs an ImageNet validation folder (one sub-directory per class)")
     return s
@@ -184,12 +191,16 @@ def train(scale: Scale | str, data: list[Path] | Path | str, out: Path | str, co
             if r is not None and r > c.max_repeats:
                 log.warning("train: %s: each sample will be seen ~%.1f times (> %g): the subset is small for the %s scale",
                             src, r, c.max_repeats, s.name)
-    args = build_args(s, tdata.pattern, out, seed=c.seed, workers=c.workers, world_size=w.size, accum_freq=c.accum_freq,
-                      device=w.device, resume=c.resume or "latest", precision=c.precision, extra_args=c.extra_args,
-                      upsampling_factors=factors, report_to=c.report_to, wandb_project=c.wandb_project,
-                      log_every_n_steps=c.log_every_n_steps, save_frequency=c.save_frequency,
-                      grad_clip_norm=c.grad_clip_norm,
-                      imagenet_val=str(Path(c.imagenet_val).expanduser().resolve()) if c.imagenet_val else None)
+    def args_for(run_dir: Path) -> list[str]:  # the run's final path, or the sibling an overwrite trains in
+        return build_args(s, tdata.pattern, run_dir, seed=c.seed, workers=c.workers, world_size=w.size,
+                          accum_freq=c.accum_freq, device=w.device, resume=c.resume or "latest", precision=c.precision,
+                          extra_args=c.extra_args, upsampling_factors=factors, report_to=c.report_to,
+                          wandb_project=c.wandb_project, log_every_n_steps=c.log_every_n_steps,
+                          save_frequency=c.save_frequency, grad_clip_norm=c.grad_clip_norm,
+                          imagenet_val=str(Path(c.imagenet_val).expanduser().resolve()) if c.imagenet_val else None,
+                          max_corrupt_fraction=c.max_corrupt_fraction)
+
+    args = args_for(out)
     summary = _summary(s, w, c.accum_freq)
     if c.print_args and not c.slurm:
         cmd = train_command(args, w.size, w.nodes)
@@ -215,17 +226,22 @@ def train(scale: Scale | str, data: list[Path] | Path | str, out: Path | str, co
     if c.save_frequency:
         params["save_frequency"] = int(c.save_frequency)
     with dir_lock(out, "train"):  # a second train on this run directory refuses, naming this pid
-        done = run_output(out, params, c.overwrite).begin()  # other params: StageConflictError
+        # everything is checked by now; an --overwrite trains beside the old run (life.dir) and swaps
+        # it in when finished, so a failed or killed one leaves the old run as it was
+        life = run_output(out, params, c.overwrite, replace="clear" if c.slurm else "swap")
+        done = life.begin()  # other params: StageConflictError
         if done is not None:
             return done
+        work = life.dir
         # bundled configs train from local-dir:out/model; built-in names get their config written too,
         # so local-dir:out/model loads every run the same way
-        models.materialise(s.model, out / "model")
-        write_json(out / "train_args.json", {"command": cmd, "params": params, "sources": [str(x) for x in srcs],
-                                             "weights": weights})
+        models.materialise(s.model, work / "model")
+        write_json(work / "train_args.json", {"command": cmd, "params": params, "sources": [str(x) for x in srcs],
+                                              "weights": weights})
         if c.slurm:
             return _write_slurm(c, s, w, args, out, summary, cmd)
-        return _train_here(c, s, w, tdata, out, cmd, params, summary, reps, [str(x) for x in srcs], weights)
+        run_cmd = cmd if work == out else train_command(args_for(work), w.size, w.nodes)
+        return _train_here(c, s, w, tdata, life, cmd, run_cmd, params, summary, reps, [str(x) for x in srcs], weights)
 
 
 def _write_slurm(c: TrainConfig, s: Scale, w: _World, args: list[str], out: Path, summary: str, cmd: list[str]) -> list[str]:
@@ -240,8 +256,11 @@ def _write_slurm(c: TrainConfig, s: Scale, w: _World, args: list[str], out: Path
     return cmd
 
 
-def _train_here(c: TrainConfig, s: Scale, w: _World, tdata: TrainData, out: Path, cmd: list[str], params: dict[str, Any],
-                summary: str, reps: list[float | None], sources: list[str], weights: list[float] | None) -> Manifest:
+def _train_here(c: TrainConfig, s: Scale, w: _World, tdata: TrainData, life: StageOutput, cmd: list[str],
+                run_cmd: list[str], params: dict[str, Any], summary: str, reps: list[float | None], sources: list[str],
+                weights: list[float] | None) -> Manifest:
+    """Train in ``life.dir`` with ``run_cmd`` (``cmd``, the command recorded, names the final path)."""
+    out, work = life.target, life.dir
     env = dict(os.environ)
     env["HF_HUB_OFFLINE"] = "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -256,16 +275,29 @@ def _train_here(c: TrainConfig, s: Scale, w: _World, tdata: TrainData, out: Path
              ", ".join("?" if r is None else f"{r:.2f}" for r in reps), out)
     t0 = time.time()
     cpu0 = children_cpu()
-    ckpt = out / "checkpoints" / LATEST
+    ckpt = work / "checkpoints" / LATEST
     if final_epoch(ckpt) >= s.num_checkpoints:
         log.info("train: %s already holds the final checkpoint; finishing the run", ckpt)
         rc, tail = 0, []
     else:
-        prog = Progress(s.num_checkpoints, s.samples_seen // s.num_checkpoints, s.batch_size, w.size, out / "progress.log")
-        rc, tail = stream(cmd, env, out / "stdout.log", prog)
+        if life.swapping:
+            log.info("train: %s: training the new run beside the old one (%s); the old one stays until it is done",
+                     out, work.name)
+        prog = Progress(s.num_checkpoints, s.samples_seen // s.num_checkpoints, s.batch_size, w.size, work / "progress.log")
+        try:
+            rc, tail = stream(run_cmd, env, work / "stdout.log", prog)
+        except DatacompError as e:
+            raise type(e)(f"{e}{_kept(life)}") from None
     wall = time.time() - t0
     cpu = children_cpu() - cpu0
     if rc != 0 or not ckpt.is_file():
         last = next((l for l in reversed(tail) if l.strip() and "Traceback" not in l), "")
-        raise DatacompError(f"{out}: open_clip training failed (exit {rc}): {last[-300:]} (full log: {out / 'stdout.log'})")
-    return finish(s, tdata, out, ckpt, cmd, params, wall, w.size, cpu, reps=reps, sources=sources, data_weights=weights)
+        raise DatacompError(f"{out}: open_clip training failed (exit {rc}): {last[-300:]} (full log: "
+                            f"{work / 'stdout.log'}){_kept(life)}")
+    name_final(work, out)
+    return finish(s, tdata, work, ckpt, cmd, params, wall, w.size, cpu, reps=reps, sources=sources, data_weights=weights,
+                  life=life)
+
+
+def _kept(life: StageOutput) -> str:
+    return f"; the previous run in {life.target} is unchanged" if life.swapping else ""

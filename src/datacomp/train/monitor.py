@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import FormatError
 from ..executors.children import ended_with_us, spawn
 from ..progress import hms
+from .corrupt import MARKER, MAX_IN_A_ROW
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,9 @@ class Progress:
 
 
 # webdataset logs "... Ignoring" for each member or shard it cannot read, and with resampled shards
-# never runs out of them: this many in a row, without a training step between, ends the run
-MAX_SKIPPED_LINES = 1000
+# never runs out of them: this many in a row, without a training step between, ends the run (the
+# trainer's own guard, :mod:`.corrupt`, counts them too, and past its limits prints one line)
+MAX_SKIPPED_LINES = MAX_IN_A_ROW
 
 
 def stream(cmd: list[str], env: dict[str, str], log_file: Path, progress: Progress | None = None) -> tuple[int, list[str]]:
@@ -78,6 +80,8 @@ def stream(cmd: list[str], env: dict[str, str], log_file: Path, progress: Progre
                 line = line.rstrip()
                 tail.append(line)
                 msg = line.split("| INFO | ", 1)[-1]
+                if line.startswith(MARKER):  # the data loader's guard: too many unreadable members
+                    raise FormatError(f"{line[len(MARKER):]} (full log: {log_file})")
                 skipped = skipped + 1 if "Ignoring" in line else (0 if "Train Epoch" in line else skipped)
                 if skipped > MAX_SKIPPED_LINES:  # data that yields no sample: fail, do not fill the disk
                     raise FormatError(f"{log_file}: the training data yields no valid sample ({skipped} bad "

@@ -6,7 +6,9 @@ with the same seed see samples in different orders. This entry point gives that 
 generator seeded from the data-loader worker's seed (which torch derives from ``--seed``, the
 rank and the worker id), then runs open_clip_train unchanged. Everything else is open_clip's, but
 two launch shims: ``--datacomp-logs`` is ``--logs`` (torchrun's parser rejects ``--logs``), and
-on ``--device cpu`` DDP gets no ``device_ids`` (so torchrun + gloo trains on CPU).
+on ``--device cpu`` DDP gets no ``device_ids`` (so torchrun + gloo trains on CPU); and a guard on
+unreadable data (:mod:`.corrupt`: a corrupt fraction above ``--datacomp-max-corrupt-fraction F``,
+default 0.1, or a long run of unreadable members ends training in one line).
 """
 from __future__ import annotations
 
@@ -51,11 +53,25 @@ def _install_cpu_ddp() -> None:
 LOGS_ALIAS = "--datacomp-logs"  # torchrun's parser refuses "--logs" (ambiguous with its --logs-specs)
 
 
+def _take_flag(args: list[str], flag: str) -> str | None:
+    """Remove ``flag VALUE`` (the last one given) from ``args``; -> VALUE."""
+    value = None
+    while flag in args:
+        i = args.index(flag)
+        value = args[i + 1] if i + 1 < len(args) else None
+        del args[i:i + 2]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int | None:
+    from . import corrupt
+
     _install_seeded_shuffle()
     from open_clip_train.main import main as open_clip_main
 
     args = [("--logs" if a == LOGS_ALIAS else a) for a in (sys.argv[1:] if argv is None else argv)]
+    fraction = _take_flag(args, corrupt.FLAG)
+    corrupt.install(corrupt.check_fraction(fraction) if fraction is not None else corrupt.DEFAULT_MAX_FRACTION)
     if "--device" in args and args[args.index("--device") + 1] == "cpu":
         _install_cpu_ddp()
     return open_clip_main(args)

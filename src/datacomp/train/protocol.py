@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from ..config import Scale, load_scale
 from ..errors import ConfigError, InputError
-from . import models
+from . import corrupt, models
 from .data import TrainData
 
 AMP_PRECISIONS = ("amp", "amp_bf16", "amp_bfloat16", "fp16", "pure_fp16")
@@ -43,13 +43,15 @@ def build_args(
     save_frequency: int = 0,
     grad_clip_norm: float | None = None,
     imagenet_val: str | None = None,
+    max_corrupt_fraction: float | None = None,
 ) -> list[str]:
     """The ``open_clip_train.main`` arguments for ``scale`` (reference values, DATACOMP.md §1.5/§2).
 
     ``model_arg`` overrides ``--model`` (a bundled config is trained as ``local-dir:out/model``).
     On ``device='cpu'`` amp/fp16 precisions become fp32 (CPU autocast in fp16 is not supported)
     and the multi-GPU flags are left out. ``save_frequency``, ``grad_clip_norm``, ``imagenet_val``
-    and ``log_every_n_steps`` go to open_clip as the reference's train.py passes them.
+    and ``log_every_n_steps`` go to open_clip as the reference's train.py passes them;
+    ``max_corrupt_fraction`` (other than the default) to the entry point's guard (:mod:`.corrupt`).
     """
     s = resolve_scale(scale)
     out = Path(out)
@@ -111,6 +113,8 @@ def build_args(
         args += ["--grad-clip-norm", _fmt_num(grad_clip_norm)]
     if resume:
         args += ["--resume", str(resume)]
+    if max_corrupt_fraction is not None and float(max_corrupt_fraction) != corrupt.DEFAULT_MAX_FRACTION:
+        args += [corrupt.FLAG, _fmt_num(corrupt.check_fraction(max_corrupt_fraction))]
     if extra_args:
         args += list(extra_args)
     return args

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 from ..config import Scale
 from ..errors import DatacompError, InputError
 from ..executors.children import LOCK_NAME
-from ..formats.atomic import link_file, write_bytes, write_json
+from ..formats.atomic import atomic_path, link_file, write_bytes, write_json
 from ..formats.guard import file_records
 from ..formats.manifest import Manifest, canonical, manifest_digest
 from ..formats.stage import StageOutput
@@ -44,11 +44,16 @@ log = logging.getLogger(__name__)
 LATEST = models.LATEST
 
 
-def run_output(out: Path, params: dict[str, Any], overwrite: bool = False) -> StageOutput:
+def run_output(out: Path, params: dict[str, Any], overwrite: bool = False, replace: str = "swap") -> StageOutput:
     """The lifecycle of run directory ``out`` (its lock file is not output). A run directory without
     its manifest and pending file whose ``train_args.json`` records these parameters (a finished run
-    that lost its manifest, or one trained by the Slurm script) is an unfinished run of them."""
-    life = StageOutput("train", out, params, overwrite=overwrite, exclusive=True, keep=(LOCK_NAME,))
+    that lost its manifest, or one trained by the Slurm script) is an unfinished run of them.
+
+    ``replace="swap"``: an ``--overwrite`` of a used run directory trains in the sibling
+    ``.NAME.swap-new`` (``life.dir``) and replaces the old run only once the new one is finished;
+    the files that record the run's path name ``out`` (:func:`name_final`). A Slurm script is
+    written with ``replace="clear"`` (its job trains in ``out`` itself, later)."""
+    life = StageOutput("train", out, params, overwrite=overwrite, exclusive=True, keep=(LOCK_NAME,), replace=replace)
     ta = out / "train_args.json"
     if not overwrite and ta.is_file() and not life.manifest_file.exists() and not life.pending_file.exists():
         try:
@@ -83,6 +88,26 @@ def finish_run(out: str | os.PathLike) -> Manifest:
                    reps=reps, sources=[str(x) for x in srcs], data_weights=weights)
 
 
+# open_clip's own records of its arguments (logs, name, checkpoint and model paths) and what it printed
+NAMED_LOGS = ("params.txt", "out.log", "stdout.log")
+
+
+def name_final(work: Path, final: Path) -> None:
+    """After training in ``work`` (an overwrite's sibling of ``final``): open_clip's records of the
+    run (:data:`NAMED_LOGS`, which hold ``--logs``/``--name`` and the paths built from them) name
+    ``final``, where the run is about to be swapped in, not the build directory."""
+    if work == final:
+        return
+    old, new = work.name.encode(), final.name.encode()
+    for name in NAMED_LOGS:
+        src = work / name
+        if not src.is_file():
+            continue
+        with atomic_path(src) as tmp, open(src, "rb") as fi, open(tmp, "wb") as fo:
+            for line in fi:  # line by line: a long run's stdout.log is never read whole
+                fo.write(line.replace(old, new))
+
+
 def final_epoch(ckpt: Path) -> int:
     if not ckpt.is_file():
         return -1
@@ -96,18 +121,26 @@ def final_epoch(ckpt: Path) -> int:
 
 def finish(s: Scale, tdata: TrainData, out: Path, ckpt: Path, cmd: list[str], params: dict[str, Any], wall: float,
             world_size: int, cpu: float = 0.0, reps: Sequence[float | None] | None = None,
-            sources: Sequence[str] | None = None, data_weights: Sequence[float] | None = None) -> Manifest:
+            sources: Sequence[str] | None = None, data_weights: Sequence[float] | None = None,
+            life: StageOutput | None = None) -> Manifest:
+    """Complete the run trained in ``out`` (``life.dir``); what it records names where the run ends
+    up (``life.target``: the final path, also when ``out`` is an overwrite's sibling)."""
     import torch
 
+    life = life if life is not None else run_output(out, params)
+    run_dir = life.target
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     epoch = int(state.get("epoch", 0))
     weights = out / "model" / models.WEIGHTS_NAME
     if s.embedded:
         # small runs, many of them: keep one copy of the final weights. epoch_latest.pt loses the
         # optimizer state (a finished run is never resumed), epoch_<N>.pt (identical) goes, and
-        # model/ gets a hard link to it (open_clip's local-dir loader reads the 'state_dict' key)
-        if "optimizer" in state:
+        # model/ gets a hard link to it (open_clip's local-dir loader reads the 'state_dict' key);
+        # its 'name' (open_clip's --name) is the run's, also when it was trained in a sibling
+        if "optimizer" in state or ("name" in state and state["name"] != run_dir.name):
             slim = {k: v for k, v in state.items() if k not in ("optimizer", "scaler")}
+            if "name" in slim:
+                slim["name"] = run_dir.name
             models.save_torch(slim, ckpt)
         final = ckpt.with_name(f"epoch_{epoch}.pt")
         if final.is_file():
@@ -122,13 +155,14 @@ def finish(s: Scale, tdata: TrainData, out: Path, ckpt: Path, cmd: list[str], pa
     rows = parse_train_log(out / "out.log")
     rates = [r["samples_per_s"] for r in rows[1:]] or [r["samples_per_s"] for r in rows]
     unique = tdata.samples
+    final_ckpt, final_model = run_dir / ckpt.relative_to(out), run_dir / "model"
     info = {
         "scale": s.name,
-        "checkpoint": str(ckpt),
+        "checkpoint": str(final_ckpt),
         "scale_config": reference_scale_config(s),
         "data": tdata.pattern,
         "model": s.model,
-        "model_dir": str(out / "model"),
+        "model_dir": str(final_model),
         "unique_samples": unique,
         "expected_repetitions": (s.samples_seen / unique) if unique else None,
         "sources": _source_rows(sources, data_weights, reps),
@@ -137,7 +171,7 @@ def finish(s: Scale, tdata: TrainData, out: Path, ckpt: Path, cmd: list[str], pa
         "command": cmd,
     }
     write_json(out / "info.json", info)
-    write_bytes(out / "info.pkl", pickle.dumps({"scale": s.name, "checkpoint": str(ckpt), "scale_config": reference_scale_config(s),
+    write_bytes(out / "info.pkl", pickle.dumps({"scale": s.name, "checkpoint": str(final_ckpt), "scale_config": reference_scale_config(s),
                                                 "data": tdata.pattern}))
     inputs = {}
     for sh in tdata.shards:
@@ -154,13 +188,13 @@ def finish(s: Scale, tdata: TrainData, out: Path, ckpt: Path, cmd: list[str], pa
                 "expected_repetitions": round(s.samples_seen / unique, 4) if unique else None,
                 "steps": s.samples_seen // s.batch_size, "epochs": epoch, "world_size": world_size},
         timings={"train_s": round(wall, 2), "cpu_s": round(cpu, 2)},  # cpu_s: trainer + data workers
-        extra={"checkpoint": str(ckpt), "model_dir": str(out / "model"),
+        extra={"checkpoint": str(final_ckpt), "model_dir": str(final_model),
                "final_loss": final.get("avg_loss"), "samples_per_s": round(sum(rates) / len(rates), 1) if rates else None,
                "sources": _source_rows(sources, data_weights, reps),
                "files": file_records(out, [str(ckpt.relative_to(out)), str(weights.relative_to(out))])},
     )
-    run_output(out, params).finish(manifest)
-    log.info("train: done in %.1fs, checkpoint %s", wall, ckpt)
+    life.finish(manifest)  # an overwrite's sibling is swapped in here
+    log.info("train: done in %.1fs, checkpoint %s", wall, final_ckpt)
     return manifest
 
 

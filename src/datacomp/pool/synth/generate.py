@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ...errors import FormatError
 from ...formats.atomic import atomic_path
 from ...formats.pool import POOL_SCHEMA, write_metadata
 from ...formats.shards import ShardWriter, sample_key
@@ -300,6 +301,9 @@ def curated_row(seed: int, world: World, noise: dict[str, Any], i: int, attempt:
                {"caption_kind": "english", "image_kind": "normal"})
 
 
+MAX_RERENDERS = 100  # renders of one curated row before an eval-image collision is an error
+
+
 def write_curated_shard(out: str, seed: int, n_concepts: int, noise_json: str, eval_sha_path: str,
                         shard: int, start: int, end: int) -> dict[str, Any]:
     """Unit of work: curated rows [start, end) -> curated/{shard}.tar (never an eval image)."""
@@ -311,8 +315,10 @@ def write_curated_shard(out: str, seed: int, n_concepts: int, noise_json: str, e
             attempt = 0
             row = curated_row(seed, world, noise, i)
             sha = hashlib.sha256(row.jpeg).hexdigest()
-            while sha in banned:
+            while sha in banned:  # bounded like the targets' re-renders; counted in the synth manifest
                 attempt += 1
+                if attempt >= MAX_RERENDERS:
+                    raise FormatError(f"{eval_sha_path}: curated row {i} equals an eval image in {MAX_RERENDERS} renders")
                 row = curated_row(seed, world, noise, i, attempt)
                 sha = hashlib.sha256(row.jpeg).hexdigest()
             retries += attempt

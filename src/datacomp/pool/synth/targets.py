@@ -20,7 +20,7 @@ from typing import Any
 
 from ...errors import ConfigError, FormatError, InputError
 from ...formats.manifest import read_manifest
-from .generate import QUALITY, _eval_shas, normal_geometry
+from .generate import MAX_RERENDERS, QUALITY, _eval_shas, normal_geometry
 from .render import encode_jpeg, render_scene
 from .scene import Scene, make_rng, sample_scene
 from .world import World, load_world
@@ -28,7 +28,7 @@ from .world import World, load_world
 STREAM = "targets"
 DEFAULT_PER_CONCEPT = 50
 STYLE = "normal"
-MAX_ATTEMPTS = 100
+MAX_ATTEMPTS = MAX_RERENDERS  # one bound for every re-render of an eval-image collision
 EVAL_SHAS = Path("evalsets") / "eval_sha256.json"
 
 
