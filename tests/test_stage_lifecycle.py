@@ -289,3 +289,28 @@ def test_conflict_rule_per_stage(stage: str, tmp_path: Path, monkeypatch):
     pending_a = json.loads((_work(stage, tmp_path, "p") / d / pend).read_text())["params"]
     assert pending_a != pending_b and params_diff(pending_a, pending_b) == params_diff(params_a, params_b)
     assert read_marker(_work(stage, tmp_path, "p") / d, "unit-0") is None
+
+
+def test_swap_cut_before_the_exchange_puts_other_stages_outputs_back(tmp_path: Path, monkeypatch):
+    """A swapping overwrite moves the other stages' outputs into the new directory just before the
+    exchange; killed there, the next run puts them back into the old output before dropping the new."""
+    import datacomp.formats.stage as stage_mod
+
+    out = tmp_path / "o"
+    _run(out, {"seed": 0}, replace="swap")
+    (out / "other").mkdir()
+    (out / "other" / "theirs.bin").write_bytes(b"another stage's output")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def killed(a, b):  # the kill lands after the moves, before the exchange
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage_mod, "_exchange", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _run(out, {"seed": 1}, overwrite=True, replace="swap")
+    assert not (out / "other").exists() and (tmp_path / ".o.swap-new" / "other" / "theirs.bin").is_file()
+    monkeypatch.undo()
+    again = _run(out, {"seed": 0}, replace="swap")  # the next run settles the cut swap first
+    assert again.reused and not list(tmp_path.glob(".o.swap-*"))
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before

@@ -70,6 +70,8 @@ from .atomic import sweep_temps, write_json
 from .guard import damaged_file
 from .manifest import MANIFEST_NAME, MARKER_DIR, Manifest, canonical, clear_markers, read_manifest_file
 
+SWAP_JOURNAL = ".swap-moved.json"  # names a swap moved from the old directory into the new one
+
 log = logging.getLogger(__name__)
 
 PENDING_NAME = ".params.json"
@@ -173,8 +175,26 @@ class StageOutput:
                 old.rename(self.target)
                 log.warning("%s: an overwrite was cut while swapping; the previous output is back", self.where)
         if new.exists():
+            self._restore_moved(new)
             log.info("%s: dropping what a killed overwrite left beside it (%s)", self.where, new.name)
             shutil.rmtree(new)
+        if self.target.is_dir():
+            (self.target / SWAP_JOURNAL).unlink(missing_ok=True)
+
+    def _restore_moved(self, new: Path) -> None:
+        """Other stages' outputs a swap cut before its exchange had moved into ``new`` (named in its
+        journal) go back into the old directory before ``new`` is dropped."""
+        journal = new / SWAP_JOURNAL
+        if not journal.is_file() or not self.target.is_dir():
+            return
+        try:
+            names = json.loads(journal.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            names = []
+        for name in names if isinstance(names, list) else []:
+            src = new / str(name)
+            if src.parent == new and (src.exists() or src.is_symlink()) and not (self.target / src.name).exists():
+                src.rename(self.target / src.name)
 
     @property
     def pending_file(self) -> Path:
@@ -336,12 +356,17 @@ class StageOutput:
         old_dir, new_dir = self.target, self.dir
         if old_dir.is_dir():
             mine = {p.name for p in self.owned if p.parent == new_dir}
-            lifecycle = {self.pending_name, MARKER_DIR, MANIFEST_NAME, *self.keep}
-            for p in sorted(old_dir.iterdir()):
+            lifecycle = {self.pending_name, MARKER_DIR, MANIFEST_NAME, SWAP_JOURNAL, *self.keep}
+            entries = sorted(old_dir.iterdir())
+            moved = [p.name for p in entries if not self.exclusive and p.name not in mine | lifecycle
+                     and not (new_dir / p.name).exists()]  # other stages' outputs: they stay in the directory
+            if moved:  # journal first: a run killed before the exchange puts them back (settle_swap)
+                write_json(new_dir / SWAP_JOURNAL, moved)
+            for p in entries:
                 if p.name in self.keep and p.is_file() and not (new_dir / p.name).exists():
                     os.link(p, new_dir / p.name)
-                elif not self.exclusive and p.name not in mine | lifecycle and not (new_dir / p.name).exists():
-                    p.rename(new_dir / p.name)  # another stage's output: it stays in the directory
+                elif p.name in moved:
+                    p.rename(new_dir / p.name)
             if _exchange(old_dir, new_dir):  # old_dir holds the new output, new_dir the old one
                 new_dir.rename(self._sibling("old"))
             else:
@@ -350,6 +375,7 @@ class StageOutput:
         else:
             new_dir.rename(old_dir)
         self._retarget(old_dir)
+        (old_dir / SWAP_JOURNAL).unlink(missing_ok=True)
         shutil.rmtree(self._sibling("old"), ignore_errors=True)
 
 
