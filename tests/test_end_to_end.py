@@ -201,7 +201,7 @@ def test_subsets_follow_the_reference_rules(loop):
     # image-based: the caption-filtered rows in clusters nearest to a target (600 = 12 task concepts x 50)
     g = json.loads((wd / "subsets" / "image_based.json").read_text())["globals"]
     assert g["target_clusters_targets"] == 600 and 0 < g["target_clusters_count"] <= g["centroids_k"]
-    assert g["centroids_k"] == max(1, round(g["centroids_points"] / 128))  # num_clusters: auto
+    assert g["centroids_k"] == max(1, round(g["centroids_points"] / 50))  # num_clusters: auto, 50 rows per centroid
     assert len(subsets["image_based"]) <= g["centroids_points"]
     # the DataComp-1B recipe is exactly the intersection of its two parts
     assert subsets["image_based_clip_score_l14_30"] == sorted(set(subsets["image_based"]) & set(subsets["clip_score_l14_30"]))

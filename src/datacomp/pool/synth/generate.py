@@ -124,13 +124,25 @@ def banner_geometry(rng) -> tuple[tuple[int, int], tuple[int, int]]:
 
 # ---- rows ---------------------------------------------------------------------------------------
 
+def _boilerplate_content(ctx: Context, i: int, caption_kind: str) -> dict[str, int]:
+    """Page boilerplate sits on a page's non-content images: with probability
+    ``noise['boilerplate_web_only']`` a boilerplate row shows a web-only concept (drawn from its own
+    stream, so other rows keep their bytes); else any concept, as other rows."""
+    rate = float(ctx.noise.get("boilerplate_web_only", 0.0))
+    web = ctx.world.web_ids
+    if caption_kind != "boilerplate" or not rate or not web:
+        return {}
+    rw = make_rng(ctx.seed, "pool-content", i)
+    return {"concept": rw.choice(web)} if rw.random() < rate else {}
+
+
 def _fresh_row(ctx: Context, i: int) -> Row:
     world, noise, plan = ctx.world, ctx.noise, ctx.plan
     ck = plan.caption_kinds[plan.caption_kind[i]]
     ik = plan.image_kinds[plan.image_kind[i]]
     rs = make_rng(ctx.seed, "pool-scene", i)
     rc = make_rng(ctx.seed, "pool-caption", i)
-    scene = sample_scene(rs, world, noise)
+    scene = sample_scene(rs, world, noise, **_boilerplate_content(ctx, i, ck))
     other = perturb_concept(rc, world, scene, rc.random() < float(noise["mismatch_keep_colour"])) if ck == "mismatched" else None
     text, ctruth = caption_for(ck, scene, world, rc, noise, other)
     if ik == "normal":

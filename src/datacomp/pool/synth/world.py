@@ -53,6 +53,11 @@ class World:
         return tuple(c.id for c in self.concepts if c.task)
 
     @property
+    def web_ids(self) -> tuple[int, ...]:
+        """Concept ids of the web-only concepts (in the pool, not among the ImageNet-analogue classes)."""
+        return tuple(c.id for c in self.concepts if not c.task)
+
+    @property
     def task_names(self) -> list[str]:
         return [self.concepts[i].name for i in self.task_ids]
 
@@ -132,6 +137,9 @@ def validate_noise(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"noise.yaml: '{key}' must be in [0, 0.5], got {v}")
         if not 0 <= v <= 1:
             raise ConfigError(f"noise.yaml: '{key}' must be in [0, 1], got {v}")
+    v = cfg.get("boilerplate_web_only", 0.0)  # optional: 0 = boilerplate on any concept's image
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+        raise ConfigError(f"noise.yaml: 'boilerplate_web_only' must be a number in [0, 1], got {v!r}")
 
 
 def data_digest() -> str:
