@@ -414,3 +414,18 @@ def test_saved_checkpoints_are_reproducible_bytes(tmp_path: Path) -> None:
     save_torch(obj, tmp_path / "b" / "epoch_latest.pt")
     assert (tmp_path / "a" / "epoch_latest.pt").read_bytes() == (tmp_path / "b" / "epoch_latest.pt").read_bytes()
     assert torch.equal(torch.load(tmp_path / "a" / "epoch_latest.pt", weights_only=True)["state_dict"]["w"], obj["state_dict"]["w"])
+
+
+def test_trainer_does_not_import_wandb_unless_it_reports_to_it(monkeypatch):
+    """wandb's import leaves /tmp/tmp*wandb-* directories behind a stopped trainer: blocked unless asked for."""
+    import sys
+
+    from datacomp.train.openclip_entry import _block_unused_wandb
+
+    monkeypatch.delitem(sys.modules, "wandb", raising=False)
+    assert _block_unused_wandb(["--report-to", "wandb", "--seed", "0"]) is False and "wandb" not in sys.modules
+    assert _block_unused_wandb(["--report-to", "all"]) is False and "wandb" not in sys.modules
+    assert _block_unused_wandb(["--seed", "0"]) is True
+    with pytest.raises(ImportError):
+        import wandb  # noqa: F401
+    monkeypatch.delitem(sys.modules, "wandb")

@@ -63,13 +63,26 @@ def _take_flag(args: list[str], flag: str) -> str | None:
     return value
 
 
+def _block_unused_wandb(args: list[str]) -> bool:
+    """open_clip_train imports wandb when it is installed (img2dataset pulls it in), and wandb's import
+    creates two ``/tmp/tmp*wandb-*`` directories a trainer that is stopped never removes; unless the run
+    reports to wandb, make that import fail as if wandb were absent (open_clip_train then sets it to
+    None). -> whether it was blocked."""
+    report = args[args.index("--report-to") + 1] if "--report-to" in args[:-1] else ""
+    if "wandb" in report or "all" in report or "wandb" in sys.modules:
+        return False
+    sys.modules["wandb"] = None  # type: ignore[assignment]  # `import wandb` raises ImportError
+    return True
+
+
 def main(argv: list[str] | None = None) -> int | None:
     from . import corrupt
 
+    args = [("--logs" if a == LOGS_ALIAS else a) for a in (sys.argv[1:] if argv is None else argv)]
+    _block_unused_wandb(args)
     _install_seeded_shuffle()
     from open_clip_train.main import main as open_clip_main
 
-    args = [("--logs" if a == LOGS_ALIAS else a) for a in (sys.argv[1:] if argv is None else argv)]
     fraction = _take_flag(args, corrupt.FLAG)
     corrupt.install(corrupt.check_fraction(fraction) if fraction is not None else corrupt.DEFAULT_MAX_FRACTION)
     if "--device" in args and args[args.index("--device") + 1] == "cpu":
