@@ -3,7 +3,6 @@ failure by kind, the success rate over all rounds, and the retry list ``download
 from __future__ import annotations
 
 import json
-
 import os
 import re
 from collections import Counter
