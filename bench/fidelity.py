@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipes", default=",".join(BASELINES + REFERENCES), help="default: the eight baselines, oracle, random_basic")
     ap.add_argument("--workdir", help="work directory (default /tmp/datacomp-fidelity/<scale>); reused on a re-run")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--jobs", type=int, default=None, help="trainings at once (datacomp run --jobs; default one per core)")
     ap.add_argument("--record", action="store_true", help=f"append a dated section to {RESULTS_MD}")
     a = ap.parse_args(argv)
 
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         started = datetime.now(timezone.utc)
         load_start = os.getloadavg()
         t0 = time.time()
-        res = run_seeds(scale, workdir, recipes, seeds, workers=a.workers, echo=False)
+        res = run_seeds(scale, workdir, recipes, seeds, workers=a.workers, echo=False, jobs=a.jobs)
         wall = time.time() - t0
     except DatacompError as e:
         print(f"fidelity: error: {e}", file=sys.stderr)

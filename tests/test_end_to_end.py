@@ -49,7 +49,7 @@ SYNTH_TASKS = sorted(["synth/concepts", "synth/concepts_clutter", "synth/concept
 def loop(tmp_path_factory, synth_test_pool):
     wd = tmp_path_factory.mktemp("loop")
     seed_workdir(synth_test_pool, wd)  # the session's world: synth and embed are reused, the rest runs here
-    rows = run_loop("synth_test", wd, recipes=TRAINED, seed=0, workers=2)
+    rows = run_loop("synth_test", wd, recipes=TRAINED, seed=0, workers=2, jobs=2)  # two trainings at once
     shard_size = load_scale("synth_test").world["shard_size"]
     for r in RECIPES:  # the rest: filter + reshard, into the layout `datacomp run` uses
         if r not in TRAINED:
@@ -254,6 +254,27 @@ def test_training_runs_at_the_fixed_protocol(loop):
         i = flat.index("--train-num-samples")
         assert int(flat[i + 1]) * int(flat[flat.index("--epochs") + 1]) == scale.samples_seen
         assert int(flat[flat.index("--batch-size") + 1]) == scale.batch_size
+
+
+def test_trainings_at_once_match_one_at_a_time(loop, tmp_path):
+    """The loop trained two recipes at a time; one of them trained alone (same thread count, as
+    `datacomp run --jobs 2` gives each) has the same weights and the same eval results."""
+    import torch
+
+    from datacomp.evaluate import evaluate
+    from datacomp.run import job_threads
+    from datacomp.train import train
+
+    wd, _ = loop
+    alone = tmp_path / "alone"
+    train("synth_test", [wd / "shards" / "basic_filter"], alone, seed=0, workers=1, threads=job_threads(2))
+    a = torch.load(wd / "runs" / "basic_filter" / "checkpoints" / "epoch_latest.pt", map_location="cpu")["state_dict"]
+    b = torch.load(alone / "checkpoints" / "epoch_latest.pt", map_location="cpu")["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    evaluate(alone, wd / "pool" / "evalsets")
+    def main_metrics(run):
+        return {x["key"]: x["metrics"]["main_metric"] for x in map(json.loads, (run / "eval_results.jsonl").read_text().splitlines())}
+    assert main_metrics(alone) == main_metrics(wd / "runs" / "basic_filter")
 
 
 def test_evaluation_results_and_table(loop):

@@ -17,7 +17,7 @@ from datacomp.cli import main
 
 
 def _fake_world(calls: list):
-    def fake(scale, workdir, recipes, seed, workers):
+    def fake(scale, workdir, recipes, seed, workers, jobs=1):
         calls.append((Path(workdir), seed))
         rows = [{"recipe": r, "dataset_size": 100 + 10 * seed + i, "resharded": 100 + 10 * seed + i,
                  "synth/concepts": 0.1 * (seed + 1), "average": 0.2 + 0.01 * seed + i / 10}

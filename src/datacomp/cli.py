@@ -367,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--seeds", metavar="N,N,...",
                       help="several seeds, one world each under WORKDIR/seed-N; tables give mean ± std")
     workers(sp)
+    sp.add_argument("--jobs", type=POSITIVE, default=None,
+                    help="trainings at once, recipes' and teachers' (default: one per core, at most 4); "
+                         "each its own process with the threads a lone training has, so results do not depend on it")
 
     sp = add("report", cmd_report, "an HTML report (results, published baselines, plots, ground truth, samples) "
                                    "of every run under the given work directories")

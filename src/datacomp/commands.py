@@ -258,7 +258,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     recipes = [r.strip() for r in a.recipes.split(",") if r.strip()]
     seeds = parse_seeds(a.seeds) if a.seeds is not None else [a.seed if a.seed is not None else 0]
-    run_seeds(a.scale, Path(a.workdir), recipes=recipes, seeds=seeds, workers=a.workers)
+    run_seeds(a.scale, Path(a.workdir), recipes=recipes, seeds=seeds, workers=a.workers, jobs=a.jobs)
     return 0
 
 

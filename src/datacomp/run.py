@@ -102,8 +102,34 @@ class LoopResult:
     paths: dict[str, Path] = field(default_factory=dict)
 
 
-def _run_world(scale: Scale, workdir: Path, recipes: list[str], seed: int, workers: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """One seed's world: the one-seed layout under ``workdir``; -> (rows, stage timings)."""
+def default_jobs() -> int:
+    """Trainings at once by default: one per core (an embedded-scale training is one compute
+    thread and a light data loader), at most 4 (each holds ~1 GB)."""
+    from .train.launchers import cpu_count
+
+    return max(1, min(4, cpu_count()))
+
+
+def job_threads(jobs: int) -> int:
+    """CPU threads of each training when ``jobs`` run at once: the cores left after each training's
+    data-loader worker, shared out. With one job it is exactly what a lone ``datacomp train`` uses,
+    so a run's trainings get the same thread count, and the same results, whatever ``jobs`` is on
+    a machine with up to 2 cores per job."""
+    from .train.launchers import cpu_count
+
+    return max(1, cpu_count() // max(1, jobs) - 1)
+
+
+def _run_world(scale: Scale, workdir: Path, recipes: list[str], seed: int, workers: int,
+               jobs: int = 1) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """One seed's world: the one-seed layout under ``workdir``; -> (rows, stage timings).
+
+    synth, embed and each recipe's filter and reshard run one after the other; then the recipes'
+    trainings and evaluations, ``jobs`` at a time (each training is its own process with
+    :func:`job_threads` threads, and nothing else runs in this process meanwhile, so the order in
+    which they finish changes no result)."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
     from .embed import embed, filter_network
     from .embed.filter_network import recipes_need_network
     from .evaluate import evaluate
@@ -128,12 +154,12 @@ def _run_world(scale: Scale, workdir: Path, recipes: list[str], seed: int, worke
     t_start = time.time()
     pool = workdir / "pool"
     timed("synth", synthesize, pool, scale, seed=seed, workers=workers)
-    timed("embed", embed, pool, teacher=True, scale=scale, seed=seed, workers=workers)
+    timed("embed", embed, pool, teacher=True, scale=scale, seed=seed, workers=workers, jobs=jobs)
     if recipes_need_network(recipes):  # a recipe ranks by the data filtering network (dfn_top_30)
         timed("filter_network", filter_network, pool, scale=scale, seed=seed, workers=workers)
 
-    rows: list[dict[str, Any]] = []
     shard_size = int(scale.world.get("shard_size", 10000))
+    prepared = []
     for recipe in recipes:
         label = recipe_label(recipe)
         subset = workdir / "subsets" / f"{label}.npy"
@@ -143,20 +169,39 @@ def _run_world(scale: Scale, workdir: Path, recipes: list[str], seed: int, worke
             summary = timed(f"filter/{label}", run_filter, pool, recipe, subset, workers=workers)
         shards = workdir / "shards" / label
         rm = timed(f"reshard/{label}", reshard, pool, subset, shards, shard_size=shard_size, workers=workers)
+        prepared.append((label, summary, rm, shards))
+
+    threads = job_threads(jobs)
+
+    def train_and_evaluate(label: str, shards: Path) -> list[dict[str, Any]]:
         run_dir = workdir / "runs" / label
-        timed(f"train/{label}", train, scale, [shards], run_dir, seed=seed, workers=1)
-        results = timed(f"evaluate/{label}", evaluate, run_dir, pool / "evalsets")["results"]
-        rows.append(result_row(label, results, {"dataset_size": int(summary["counts"]["kept"]),
-                                                "resharded": int(rm.counts.get("output_count", 0))}))
+        timed(f"train/{label}", train, scale, [shards], run_dir, seed=seed, workers=1, threads=threads)
+        return timed(f"evaluate/{label}", evaluate, run_dir, pool / "evalsets")["results"]
+
+    if jobs > 1 and len(prepared) > 1:
+        log.info("== training and evaluating %d recipes, %d at a time (%d thread(s) each)", len(prepared), jobs, threads)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
+        futures = [ex.submit(train_and_evaluate, label, shards) for label, _, _, shards in prepared]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in futures if f in done and f.exception() is not None), None)
+        if failed is not None:
+            for f in pending:
+                f.cancel()
+            raise failed.exception()  # type: ignore[misc]
+    rows: list[dict[str, Any]] = []
+    for (label, summary, rm, _), fut in zip(prepared, futures):
+        rows.append(result_row(label, fut.result(), {"dataset_size": int(summary["counts"]["kept"]),
+                                                     "resharded": int(rm.counts.get("output_count", 0))}))
     timings["total"] = round(time.time() - t_start, 2)
     return rows, timings
 
 
 def run_seeds(scale: str | Scale, workdir: Path, recipes: list[str], seeds: list[int], workers: int = 2,
-              echo: bool = True) -> LoopResult:
+              echo: bool = True, jobs: int | None = None) -> LoopResult:
     """The loop for every seed (one world each; see the module docstring), then the seed tables.
 
     Prints the final table when ``echo``. A finished seed, like a finished stage, is reused.
+    ``jobs``: trainings (and the teachers' trainings) at once (default :func:`default_jobs`).
     """
     from .report import aggregate_seeds, format_csv, format_table, per_seed_rows, write_results_table
     from .formats.atomic import write_text
@@ -169,6 +214,9 @@ def run_seeds(scale: str | Scale, workdir: Path, recipes: list[str], seeds: list
         )
     _check_recipes(recipes)
     seeds = check_seeds(list(seeds))
+    jobs = default_jobs() if jobs is None else jobs
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs must be a positive integer (--jobs), got {jobs!r}")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -176,7 +224,7 @@ def run_seeds(scale: str | Scale, workdir: Path, recipes: list[str], seeds: list
     seed_timings: dict[str, dict[str, float]] = {}
     for seed in seeds:
         wd = seed_dir(workdir, seed, len(seeds))
-        rows, timings = _run_world(scale, wd, recipes, seed, workers)
+        rows, timings = _run_world(scale, wd, recipes, seed, workers, jobs)
         per_seed[seed] = rows
         seed_timings[str(seed)] = timings
         if len(seeds) > 1:  # each seed directory is a complete one-seed work directory
@@ -214,9 +262,9 @@ def run_seeds(scale: str | Scale, workdir: Path, recipes: list[str], seeds: list
 
 
 def run_loop(scale: str | Scale, workdir: Path, recipes: list[str], seed: int = 0, workers: int = 2,
-             seeds: list[int] | None = None) -> list[dict[str, Any]]:
+             seeds: list[int] | None = None, jobs: int | None = None) -> list[dict[str, Any]]:
     """:func:`run_seeds` over ``seeds`` (default ``[seed]``); -> the table's rows (one per recipe)."""
-    return run_seeds(scale, workdir, recipes, seeds if seeds is not None else [seed], workers=workers).rows
+    return run_seeds(scale, workdir, recipes, seeds if seeds is not None else [seed], workers=workers, jobs=jobs).rows
 
 from ._stage_module import make_callable  # noqa: E402
 

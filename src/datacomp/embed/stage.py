@@ -135,6 +135,24 @@ def train_teacher(pool: Path, s: Scale, key: str, seed: int = 0, overwrite: bool
     return info
 
 
+def _train_teachers_at_once(pool: Path, s: Scale, keys: Sequence[str], seed: int, overwrite: bool, jobs: int) -> None:
+    """Train the teachers' runs ``jobs`` at a time (subprocesses; nothing runs in this process), so
+    that :func:`train_teacher` then finds each run finished and only exports and calibrates it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    curated = pool / "curated"
+    if not curated.is_dir():
+        raise InputError(f"{curated}: curated shards for teacher training do not exist")
+    threads = max(1, cpu_count() - 1)  # what a lone training of one loader worker gets (launch.train's default)
+    with ThreadPoolExecutor(max_workers=jobs) as ex:
+        futures = [ex.submit(launch.train, teacher_scale(s, k), curated, teacher_dir(pool, k) / "run", seed=seed,
+                             workers=1, overwrite=overwrite, device="cpu" if s.embedded else None,
+                             threads=threads if s.embedded else None)
+                   for k in keys]
+        for f in futures:
+            f.result()
+
+
 def targets_path(pool: str | os.PathLike) -> Path:
     return Path(pool) / "targets" / f"{TARGETS_KEY}_img.npy"
 
@@ -271,6 +289,7 @@ def embed(
     keys: Sequence[str] = ("b32", "l14"),
     batch_size: int = 256,
     executor: str = "local",
+    jobs: int = 1,
 ) -> Manifest:
     """Embed every sample of ``pool`` and write npz keys + score columns; see the module doc.
 
@@ -280,6 +299,8 @@ def embed(
     every key in ``keys``. Units are shards; a killed run resumes; ``manifest.json`` is last.
     ``executor="ray"``: one Ray task per shard, with one GPU each on a cluster that has GPUs
     (the models run on it), on the CPU otherwise (then bit-identical to ``"local"``).
+    ``jobs`` > 1: the teachers train at the same time (each in its own process, with the thread
+    count a lone training has); their score scales are then fitted one after the other, as before.
     """
     pool = require_pool_dir(pool)
     keys = tuple(keys)
@@ -338,9 +359,14 @@ def embed(
     records: dict[str, dict[str, Any]] = {}
     specs: list[dict[str, Any]] = []
     if use_teacher:
+        if jobs > 1 and len(keys) > 1:
+            _train_teachers_at_once(pool, s, keys, seed, overwrite, jobs)
+            overwrite_runs = False  # trained just now: train_teacher reuses them
+        else:
+            overwrite_runs = overwrite
         for k in keys:
             t1 = time.time()
-            info = train_teacher(pool, s, k, seed=seed, overwrite=overwrite)
+            info = train_teacher(pool, s, k, seed=seed, overwrite=overwrite_runs)
             timings[f"teacher_{k}_s"] = round(time.time() - t1, 2)
             tdir = teacher_dir(pool, k)
             specs.append({"keys": [k], "model": f"{models.LOCAL_DIR}{tdir.resolve()}", "checkpoint": None,

@@ -43,6 +43,7 @@ class TrainConfig:
 
     seed: int = 0
     workers: int = 1
+    threads: int | None = None  # CPU threads of the training process (OMP_NUM_THREADS); None: the cores the loaders leave
     print_args: bool = False
     resume: str | None = None
     extra_args: Sequence[str] | None = None
@@ -268,7 +269,10 @@ def _train_here(c: TrainConfig, s: Scale, w: _World, tdata: TrainData, life: Sta
     if w.device == "cpu":
         # leave a core to each data-loader worker: OpenMP threads spinning on a shared core
         # slow training down several-fold when the machine is busy
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (cpu_count() - c.workers) // max(1, w.size))))
+        if c.threads is not None:  # a caller that runs several trainings at once shares the cores out itself
+            env["OMP_NUM_THREADS"] = str(c.threads)
+        else:
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (cpu_count() - c.workers) // max(1, w.size))))
     log.info("train: %s", summary[2:])
     log.info("train: %d shards, %s unique samples, expected repetitions %s -> %s", tdata.num_shards,
              tdata.samples if tdata.samples is not None else "?",
