@@ -102,7 +102,7 @@ def curated(tmp_path_factory, synth_test_pool) -> Path:
     wd = tmp_path_factory.mktemp("curation-report") / "w"
     pool = seed_workdir(synth_test_pool, wd)
     for recipe in ("semdedup", "decontaminate"):
-        run_filter(pool, recipe, wd / "subsets" / f"{recipe}.npy", workers=2)
+        run_filter(pool, recipe, wd / "subsets" / f"{recipe}.npy", workers=1)  # in-process: no worker start-up
     (wd / "run.json").write_text(json.dumps({"scale": "synth_test", "seed": 0}))
     return wd
 
