@@ -257,7 +257,8 @@ class EvalEmbeddings(GlobalOp):
 class Decontaminate(MaskStep, GlobalOp):
     name = "decontaminate"
     description = ("rows whose image embedding has cosine >= threshold with an eval-set test image (nearest neighbour); "
-                   "writes contamination.parquet (uid, task, eval_id, similarity) and a keep mask")
+                   "writes contamination.parquet (uid, task, eval_id, similarity), nearest.parquet (the same, down to "
+                   "sweep_floor: the threshold sweep's rows) and a keep mask")
     params = {"embeddings": "eval_embeddings", "key": "l14_img", "threshold": 0.99995, "sweep_floor": 0.99,
               "output": "decontaminate"}
 

@@ -268,7 +268,7 @@ class SemDeDup(MaskStep, GlobalOp):
         rows = np.concatenate(found) if found else np.empty((0, 7))
         rows = rows[np.lexsort((rows[:, 1], rows[:, 0]))] if len(rows) else rows
         dups = rows[rows[:, 6] == 1]
-        near = rows[rows[:, 4] >= floor]
+        near = rows[np.asarray(rows[:, 4], np.float32) >= floor]  # as the units chose them
         uids = [pq.read_table(s, columns=["uid"]).column("uid").to_pylist() if len(rows) else [] for s in shards]
         for si, s in enumerate(shards):
             keep_rows = np.ones(len(partials[si]), bool)
