@@ -4,16 +4,18 @@
     PYTHONPATH=src .venv/bin/python bench/curation.py speed [--rows 1000000] [--dim 768] [--evals 100000]
 
 ``quality``: for every pool (an embedded world: ``POOL/truth/``), semdedup and decontaminate
-run as their recipes at the default parameters (``datacomp filter``, the real stage) and along
-a threshold sweep, and are scored against the truth:
+run as their recipes at the default parameters (``datacomp filter``, the real stage) and are
+scored against the truth at the default and along a threshold sweep, from the tables the ops
+wrote (the default's removals and the candidates down to their ``sweep_floor``), by
+``datacomp.report.curation`` — the same curve ``datacomp report`` draws:
 
 * semdedup: the planted duplicates are the rows with ``duplicate_of`` (a copy of another pool
   row, ``duplicate_kind`` exact or near). A removed row is *right* when the row it matched is in
   its planted group (the copy and its original); precision = right / removed, recall = right /
-  planted copies (the ideal removes every copy and keeps one row of each group). The sweep reuses
-  one pass: SemDeDup's decision for a row (its best similarity with an earlier row in its
-  cluster, in keep order) does not depend on the other rows' decisions, so one pass at a loose
-  threshold gives every threshold's result.
+  planted copies (the ideal removes every copy and keeps one row of each group). The sweep needs
+  no second pass: SemDeDup's decision for a row (its best similarity with an earlier row in its
+  cluster, in keep order) does not depend on the other rows' decisions, so the op's
+  ``matches.parquet`` gives every threshold's result.
 * decontaminate: the eval copies are the rows with ``eval_copy`` (``task:image``, exact or near);
   a flagged row is right when its nearest eval image is the one it copies; precision = right /
   flagged, recall = right / eval copies.
@@ -26,7 +28,6 @@ ratios the targets are stated in.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -36,72 +37,8 @@ from typing import Any
 
 import numpy as np
 
-SD_THRESHOLDS = (0.99, 0.995, 0.998, 0.999, 0.9995, 0.9998, 0.9999, 0.99995)
 
-
-# ---- truth ---------------------------------------------------------------------------------------
-
-def read_truth(pool: Path, columns: list[str]) -> dict[str, list]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    t = pa.concat_tables([pq.read_table(p, columns=columns) for p in sorted((pool / "truth").glob("*.parquet"))])
-    return {c: t.column(c).to_pylist() for c in columns}
-
-
-def dedup_scores(pairs: list[tuple[str, str]], truth: dict[str, list]) -> dict[str, float]:
-    """Precision and recall of removals (uid, the uid it matched) against the planted duplicates."""
-    group = {u: (d if d else u) for u, d in zip(truth["uid"], truth["duplicate_of"])}
-    planted = sum(1 for d in truth["duplicate_of"] if d)
-    right = sum(1 for u, k in pairs if group.get(u) == group.get(k))
-    n = len(pairs)
-    return {"removed": n, "right": right, "planted": planted, "precision": right / n if n else float("nan"),
-            "recall": right / planted if planted else float("nan")}
-
-
-def contamination_scores(flags: list[tuple[str, str]], truth: dict[str, list]) -> dict[str, float]:
-    """Precision and recall of flagged rows (uid, 'task:image id' matched) against the eval copies."""
-    copy = {u: c for u, c in zip(truth["uid"], truth["eval_copy"]) if c}
-    right = sum(1 for u, e in flags if copy.get(u) == e)
-    n = len(flags)
-    return {"flagged": n, "right": right, "copies": len(copy), "precision": right / n if n else float("nan"),
-            "recall": right / len(copy) if copy else float("nan")}
-
-
-# ---- semdedup -------------------------------------------------------------------------------------
-
-def pool_embeddings(pool: Path, key: str = "l14_img") -> tuple[list[str], np.ndarray]:
-    import pyarrow.parquet as pq
-
-    uids, embs = [], []
-    for p in sorted((pool / "metadata").glob("*.parquet")):
-        uids += pq.read_table(p, columns=["uid"]).column("uid").to_pylist()
-        with np.load(p.with_suffix(".npz")) as z:
-            embs.append(z[key].astype(np.float32))
-    return uids, np.concatenate(embs)
-
-
-def semdedup_sweep(pool: Path, centroids: Path, keep: str = "farthest") -> list[tuple[str, str, float]]:
-    """Every row's (uid, best earlier match's uid, similarity) within its cluster, in keep order."""
-    from datacomp.filters.ops.semdedup import _unit_rows, assign_clusters, earlier_matches, order_cluster
-
-    uids, x = pool_embeddings(pool)
-    cent = np.load(centroids)
-    use = np.flatnonzero(np.any(x != 0, axis=1))
-    cl = np.full(len(x), -1)
-    cl[use] = assign_clusters(x[use], cent)[0]
-    out = []
-    for c in range(len(cent)):
-        idx = np.flatnonzero(cl == c)
-        if len(idx) < 2:
-            continue
-        xc = _unit_rows(x[idx])
-        order = order_cluster(xc, cent[c], keep, None)
-        arg, best = earlier_matches(np.ascontiguousarray(xc[order]), 1.0)
-        for j in range(1, len(order)):
-            out.append((uids[idx[order[j]]], uids[idx[order[arg[j]]]], float(best[j])))
-    return out
-
+# ---- quality -------------------------------------------------------------------------------------
 
 def filter_run(pool: Path, recipe: str, out: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     from datacomp.filters import run_filter
@@ -110,49 +47,26 @@ def filter_run(pool: Path, recipe: str, out: Path, overrides: dict[str, Any] | N
     return dict(m.extra["globals"])
 
 
-def semdedup_quality(pool: Path, work: Path) -> dict[str, Any]:
+def op_quality(pool: Path, work: Path, op: str) -> dict[str, Any]:
+    """The op's recipe at its defaults (the real filter stage), scored with the tables it wrote
+    (report/curation.py, the report's own curve): the default row and the sweep."""
     import pyarrow.parquet as pq
 
-    truth = read_truth(pool, ["uid", "duplicate_of"])
-    g = filter_run(pool, "semdedup", work / "semdedup.npy")
-    t = pq.read_table(g["semdedup_duplicates"]).to_pydict()
-    default = dedup_scores(list(zip(t["uid"], t["kept_uid"])), truth)
-    default["threshold"] = g["semdedup_threshold"]
-    rows = semdedup_sweep(pool, Path(g["centroids"]))
-    sweep = []
-    for th in SD_THRESHOLDS:
-        s = dedup_scores([(u, k) for u, k, sim in rows if sim > th], truth)
-        s["threshold"] = th
-        sweep.append(s)
-    return {"default": default, "sweep": sweep}
+    from datacomp.report.curation import OPS, load_copy_truth, op_curve
 
-
-DC_THRESHOLDS = (0.99, 0.995, 0.998, 0.999, 0.9995, 0.9998, 0.9999, 0.99995)
-
-
-def decontaminate_quality(pool: Path, work: Path) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
-    from datacomp.filters.ops.decontaminate import nearest_eval
-
-    truth = read_truth(pool, ["uid", "eval_copy"])
-    g = filter_run(pool, "decontaminate", work / "decontaminate.npy")
-    t = pq.read_table(g["decontaminate_table"]).to_pydict()
-    default = contamination_scores(list(zip(t["uid"], t["eval_id"])), truth)
-    default["threshold"] = g["decontaminate_threshold"]
-    evals = np.load(g["eval_embeddings"])
-    ids = json.loads(Path(g["eval_embeddings"]).with_suffix(".json").read_text())["ids"]
-    uids, x = pool_embeddings(pool)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    use = norms[:, 0] > 0
-    sims, idx = nearest_eval(x[use] / norms[use], evals)
-    u = [uid for uid, ok in zip(uids, use) if ok]
-    sweep = []
-    for th in DC_THRESHOLDS:
-        s = contamination_scores([(u[i], ids[idx[i]]) for i in np.flatnonzero(sims >= th)], truth)
-        s["threshold"] = th
-        sweep.append(s)
-    return {"default": default, "sweep": sweep, "tasks": g["decontaminate_tasks"]}
+    truth = load_copy_truth(pool)
+    if truth is None:
+        raise SystemExit(f"{pool}: no truth/ with the copy columns (not an embedded world?)")
+    g = filter_run(pool, op, work / f"{op}.npy")
+    _, (dkey, _), (skey, _) = OPS[op]
+    default = pq.read_table(g[f"{op}_{dkey}"]).to_pydict()
+    sweep = pq.read_table(g[f"{op}_{skey}"]).to_pydict()
+    curve = op_curve(op, default, sweep, g[f"{op}_threshold"], g[f"{op}_sweep_floor"], truth)
+    out = {"default": next(r for r in curve.rows if r["default"]), "sweep": curve.rows,
+           "planted": truth.planted(op)}
+    if op == "decontaminate":
+        out["tasks"] = g["decontaminate_tasks"]
+    return out
 
 
 def _fmt(v: float) -> str:
@@ -160,9 +74,11 @@ def _fmt(v: float) -> str:
 
 
 def format_pr(title: str, rows: list[dict[str, Any]], count: str) -> str:
-    lines = [title, f"  {'threshold':>10}  {count:>8}  {'right':>6}  {'precision':>9}  {'recall':>6}"]
+    lines = [title, f"  {'threshold':>10}  {count:>8}  {'right':>6}  {'exact':>6}  {'near':>6}  {'precision':>9}  {'recall':>6}"]
     for r in rows:
-        lines.append(f"  {r['threshold']:>10.5f}  {r[count]:>8}  {r['right']:>6}  {_fmt(r['precision']):>9}  {_fmt(r['recall']):>6}")
+        mark = "  (default)" if r.get("default") else ""
+        lines.append(f"  {r['threshold']:>10.5f}  {r[count]:>8}  {r['right']:>6}  {r['right_exact']:>6}  {r['right_near']:>6}  "
+                     f"{_fmt(r['precision']):>9}  {_fmt(r['recall']):>6}{mark}")
     return "\n".join(lines)
 
 
@@ -254,13 +170,15 @@ def main(argv: list[str] | None = None) -> int:
         for pool in map(Path, args.pools):
             work = Path(args.work) / pool.parent.name
             work.mkdir(parents=True, exist_ok=True)
-            sd = semdedup_quality(pool, work)
+            sd = op_quality(pool, work, "semdedup")
+            p = sd["planted"]
             print(f"\n== {pool}")
-            print(format_pr("semdedup (default eps)", [sd["default"]], "removed"))
-            print(format_pr("semdedup sweep (similarity > threshold)", sd["sweep"], "removed"))
-            dc = decontaminate_quality(pool, work)
-            print(format_pr("decontaminate (default threshold)", [dc["default"]], "flagged"))
-            print(format_pr("decontaminate sweep (similarity >= threshold)", dc["sweep"], "flagged"))
+            print(format_pr(f"semdedup sweep (similarity > threshold; {p['total']} planted: {p['exact']} exact, "
+                            f"{p['near']} near)", sd["sweep"], "removed"))
+            dc = op_quality(pool, work, "decontaminate")
+            p = dc["planted"]
+            print(format_pr(f"decontaminate sweep (similarity >= threshold; {p['total']} eval copies: {p['exact']} exact, "
+                            f"{p['near']} near)", dc["sweep"], "flagged"))
             results.append({"pool": str(pool), "semdedup": sd, "decontaminate": dc})
     if args.cmd == "speed":
         what = args.what.split(",")

@@ -6,7 +6,6 @@ op's search (exact and IVF) on hand-made embeddings."""
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -142,3 +141,62 @@ def test_nearest_eval_exact_and_ivf_agree_on_near_copies():
     index.nprobe = 16
     s2, i2 = nearest_eval(q, evals, index)
     assert (i2 == i1).all() and np.allclose(s1, s2, atol=1e-5)
+
+
+def test_decontaminate_writes_the_nearest_table_down_to_the_floor(tmp_path):
+    """The op's map and reduce on hand-made embeddings (two shards): an exact copy of eval image 0
+    (flagged), a near copy of image 1 at cosine 0.995 (not flagged: in nearest.parquet only), a row
+    at 0.894 (below the floor: absent), a row without an image (absent)."""
+    from dataclasses import dataclass
+
+    import pyarrow as pa
+
+    from datacomp.filters.ops.decontaminate import Decontaminate
+    from datacomp.filters.registry import OpEnv, OpParamError
+    from datacomp.formats.atomic import write_json
+    from datacomp.formats.pool import write_metadata
+
+    @dataclass
+    class Shard:
+        parquet: Path
+        num_rows: int
+
+    def unit(v):
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+    e = np.eye(8, dtype=np.float32)
+    evals = e[:3]
+    np.save(tmp_path / "evals.npy", evals)
+    write_json(tmp_path / "evals.json", {"ids": ["toy/a:000000", "toy/a:000001", "toy/b:000000"], "images": 3})
+    rows = [[("copy", e[0]), ("far", unit(e[2] + 0.5 * e[5]))], [("none", np.zeros(8, np.float32)), ("near", unit(e[1] + 0.1 * e[6]))]]
+    uid = {n: f"{i:032x}" for i, n in enumerate(["copy", "far", "none", "near"])}
+    name = {u: n for n, u in uid.items()}
+    shards = []
+    for s, part in enumerate(rows):
+        p = tmp_path / "pool" / "metadata" / f"{s:08d}.parquet"
+        write_metadata(p, pa.table({"uid": pa.array([uid[n] for n, _ in part])}))
+        np.savez(p.with_suffix(".npz"), l14_img=np.stack([v for _, v in part]).astype(np.float16))
+        shards.append(Shard(p, len(part)))
+    op = Decontaminate(threshold=0.9999)
+    op.bind(OpEnv(globals={"eval_embeddings": str(tmp_path / "evals.npy")}, artifacts=tmp_path / "globals",
+                  pool_digest="x", shards=[str(s.parquet) for s in shards]))
+    g = op.reduce([op.map(s, None) for s in shards])
+    assert g["decontaminate_sweep_floor"] == 0.99 and g["decontaminate_nearest_rows"] == 2
+    t = pq.read_table(g["decontaminate_nearest"]).to_pydict()
+    assert [name[u] for u in t["uid"]] == ["copy", "near"]
+    assert t["eval_id"] == ["toy/a:000000", "toy/a:000001"] and t["task"] == ["toy/a", "toy/a"]
+    assert t["similarity"][0] == pytest.approx(1.0, abs=1e-3) and t["similarity"][1] == pytest.approx(0.995, abs=1e-3)
+    flagged = pq.read_table(g["decontaminate_table"]).to_pydict()
+    assert [name[u] for u in flagged["uid"]] == ["copy"] and g["decontaminate_flagged"] == 1
+    assert np.load(Path(g["decontaminate"]) / "00000000.npy").tolist() == [False, True]
+    assert np.load(Path(g["decontaminate"]) / "00000001.npy").tolist() == [True, True]
+    # a lower floor reaches the 0.894 row (its nearest: toy/b's image); a bad one is a one-line error
+    low = Decontaminate(threshold=0.9999, sweep_floor=0.85)
+    low.bind(op.env)
+    g2 = low.reduce([low.map(s, None) for s in shards])
+    t2 = pq.read_table(g2["decontaminate_nearest"]).to_pydict()
+    assert [name[u] for u in t2["uid"]] == ["copy", "far", "near"] and t2["eval_id"][1] == "toy/b:000000"
+    assert g2["decontaminate"] != g["decontaminate"]
+    for bad in (1.01, "high", False):
+        with pytest.raises(OpParamError, match=r"^'sweep_floor' must be a cosine in \[-1, 1\], got "):
+            Decontaminate(sweep_floor=bad)

@@ -13,7 +13,7 @@ import pytest
 
 from datacomp.errors import FormatError
 from datacomp.filters import run_filter
-from datacomp.filters.ops.semdedup import SemDeDup, dedup_cluster, earlier_matches
+from datacomp.filters.ops.semdedup import SemDeDup, dedup_cluster, earlier_matches, is_duplicate
 from datacomp.filters.registry import OpParamError
 from datacomp.formats.pool import write_metadata
 
@@ -180,3 +180,61 @@ def test_bad_embeddings_are_one_line_errors(pool, tmp_path):
         (tmp_path / f"r{dim}.yaml").write_text(recipe.read_text().replace("num_clusters: 3", f"centroids: {tmp_path / f'cent{dim}.npy'}"))
         with pytest.raises(FormatError, match=bad):
             run_filter(p, tmp_path / f"r{dim}.yaml", tmp_path / f"y{dim}.npy", workers=1, cache_dir=tmp_path / f"c{dim}")
+
+
+# ---- the sweep table (matches.parquet) --------------------------------------------------------------
+
+def test_matches_table_holds_the_sweep_candidates_down_to_the_floor(tmp_path):
+    """One cluster in index order (the given centroid is orthogonal to every row): an exact copy
+    (removed), a near copy at cosine 0.995 (kept: below 1 - eps, above the floor 0.99), a row at
+    0.894 (below the floor: absent) and an orthogonal one; the rows span two shards."""
+    e = np.eye(16, dtype=np.float32)
+    a, near, far, ortho = e[0], unit(e[0] + 0.1 * e[1]), unit(e[0] + 0.5 * e[2]), e[3]
+    shards = [[("a", a), ("far", far)], [("copy", a), ("near", near), ("ortho", ortho)]]
+    uid = {name: f"{i:032x}" for i, name in enumerate(["a", "far", "copy", "near", "ortho"])}
+    name = {u: n for n, u in uid.items()}
+    pool = tmp_path / "pool"
+    for s, rows in enumerate(shards):
+        write_metadata(pool / "metadata" / f"{s:08d}.parquet",
+                       pa.table({"uid": pa.array([uid[n] for n, _ in rows]), "text": pa.array(["x"] * len(rows))}))
+        np.savez(pool / "metadata" / f"{s:08d}.npz", l14_img=np.stack([v for _, v in rows]).astype(np.float16))
+    np.save(tmp_path / "cent.npy", e[5:6])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.replace("num_clusters: 3", f"centroids: {tmp_path / 'cent.npy'}")
+                      .replace("eps: ${eps}", "eps: ${eps}\n    sweep_floor: ${floor}").replace("eps: 0.001", "eps: 0.0001, floor: 0.99"))
+    m = run_filter(pool, recipe, tmp_path / "s.npy", workers=1, cache_dir=tmp_path / "c" / "scores")
+    g = m["globals"]
+    assert g["semdedup_sweep_floor"] == 0.99 and g["semdedup_matches_rows"] == 2
+    t = pq.read_table(g["semdedup_matches"]).to_pydict()
+    assert [(name[u], name[k]) for u, k in zip(t["uid"], t["match_uid"])] == [("copy", "a"), ("near", "a")]  # shard, row order
+    assert t["similarity"][0] == pytest.approx(1.0, abs=1e-3) and t["similarity"][1] == pytest.approx(0.995, abs=1e-3)
+    assert t["cluster"] == [0, 0]
+    d = pq.read_table(g["semdedup_duplicates"]).to_pydict()
+    assert [(name[u], name[k]) for u, k in zip(d["uid"], d["kept_uid"])] == [("copy", "a")]  # the removal rule is unchanged
+    assert m["counts"]["kept"] == 4
+    # the table's rows above the threshold are the removals (the rule the report's sweep uses)
+    assert [u for u, s in zip(t["uid"], is_duplicate(t["similarity"], g["semdedup_threshold"])) if s] == d["uid"]
+    # a lower floor: the 0.894 row joins (its best earlier match is 'a'); the masks and removals do not change
+    low = tmp_path / "low.yaml"
+    low.write_text(recipe.read_text().replace("floor: 0.99", "floor: 0.8"))
+    m2 = run_filter(pool, low, tmp_path / "s2.npy", workers=1, cache_dir=tmp_path / "c" / "scores")
+    t2 = pq.read_table(m2["globals"]["semdedup_matches"]).to_pydict()
+    assert [name[u] for u in t2["uid"]] == ["far", "copy", "near"] and {name[u] for u in t2["match_uid"]} == {"a"}
+    assert (tmp_path / "s2.npy").read_bytes() == (tmp_path / "s.npy").read_bytes()
+    assert m2["globals"]["semdedup"] != g["semdedup"]  # its own mask directory (the floor is in its identity)
+
+
+@pytest.mark.parametrize("floor", [1.5, -1.01, True, "0.99", float("nan")])
+def test_bad_sweep_floor(floor, tmp_path):
+    with pytest.raises(OpParamError, match=r"^'sweep_floor' must be a cosine in \[-1, 1\], got "):
+        SemDeDup(sweep_floor=floor)
+    from datacomp.errors import ConfigError
+    from datacomp.filters.recipe import load_recipe
+
+    r = tmp_path / "r.yaml"
+    r.write_text(RECIPE.replace("unit_rows: 20", f"unit_rows: 20\n    sweep_floor: {floor!r}"))
+    if isinstance(floor, float) and floor != floor:
+        r.write_text(RECIPE.replace("unit_rows: 20", "unit_rows: 20\n    sweep_floor: .nan"))
+    with pytest.raises(ConfigError, match=r"r\.yaml: step 2 \(semdedup\): 'sweep_floor' must be a cosine") as e:
+        load_recipe(r)
+    assert "\n" not in str(e.value)

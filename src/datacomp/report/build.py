@@ -1,5 +1,6 @@
 """``datacomp report WORKDIR [WORKDIR...] --out DIR``: one static page, ``DIR/index.html``, with
-the results, the published baselines, plots, the filter funnel, ground truth and sample grids.
+the results, the published baselines, plots, the filter funnel, ground truth, the curation ops'
+precision and recall against the world's truth (semdedup, decontaminate) and sample grids.
 
 Figures go to ``DIR/plots/*.svg`` and thumbnails to ``DIR/samples/``; files a previous build
 left there that this one did not write are removed. Every file is written atomically, and the
@@ -36,6 +37,7 @@ from . import html as H
 from . import plots
 from .chance import chance_results
 from .collect import Experiment, World, collect
+from .curation import curation_section
 from .rows import GROUP_PREFIX, group_labels, result_row
 from .samples import load_pool_table, pick, sample_cards, thumbnails, uid_order
 from .tables import column_header, format_cell, registry_order
@@ -234,6 +236,7 @@ def _world_sections(b: _Build, exp: Experiment, world: World, idx: int) -> str:
         src = b.plot(plots.composition_bars, f"e{idx}-truth.svg", comps, KIND_LABELS)
         if src:
             parts.append(H.figure(src, "What each subset is made of, by caption kind and image kind.", "composition"))
+    parts.append(curation_section(b, world, idx, which))
     # samples
     if pool is not None and kept:
         parts.append(_samples_section(b, world, pool, truth, kept, idx, which))

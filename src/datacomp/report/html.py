@@ -16,7 +16,7 @@ h3{font-size:16px;margin:24px 0 6px}p.lead{color:#555;margin:0 0 16px}
 table{border-collapse:collapse;margin:8px 0 12px;font-size:12.5px}
 th,td{padding:3px 7px;border-bottom:1px solid #e5e5e5;text-align:right;white-space:nowrap}
 th{background:#f5f5f7;position:sticky;top:0}th:first-child,td:first-child{text-align:left}
-tr.chance td{color:#777;font-style:italic}tr.paper td{color:#5b3c88}
+tr.chance td{color:#777;font-style:italic}tr.default td{font-weight:600;background:#f0f6fb}tr.paper td{color:#5b3c88}
 .scroll{overflow-x:auto}.notes{background:#fff7e0;border:1px solid #f0d58c;padding:8px 14px;margin:12px 0}
 .notes li{margin:2px 0;font-family:ui-monospace,monospace;font-size:12px}
 figure{margin:10px 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:12.5px}

@@ -198,3 +198,29 @@ def composition_bars(comps: dict[str, dict[str, Any]], labels: dict[str, str], p
         axes[0].invert_yaxis()
         fig.tight_layout()
         return save(fig, path)
+
+
+def pr_curves(curves: Sequence[tuple[str, Sequence[tuple[float, float, bool]]]], path: Path) -> Path | None:
+    """Precision against recall, one line per ``(label, [(recall, precision, is_default), ...])`` in
+    threshold order; the default threshold's point is a star. Points without a precision (nothing
+    removed) are left out."""
+    lines = [(label, [p for p in pts if math.isfinite(p[0]) and math.isfinite(p[1])]) for label, pts in curves]
+    lines = [(label, pts) for label, pts in lines if pts]
+    if not lines:
+        return None
+    with _style():
+        fig = _figure(6.4, 4.0)
+        ax = fig.add_subplot()
+        for i, (label, pts) in enumerate(lines):
+            color = f"C{i % 10}"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, lw=1.2, ms=3.5, label=label)
+            for r, pr, default in pts:
+                if default:
+                    ax.plot([r], [pr], "*", color=color, ms=12, mec="black", mew=0.6)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("recall (right / planted copies)")
+        ax.set_ylabel("precision (right / removed or flagged)")
+        ax.legend(fontsize=7, frameon=False, loc="best")
+        ax.grid(alpha=0.3)
+        return save(fig, path)

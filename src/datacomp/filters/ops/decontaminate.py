@@ -15,7 +15,11 @@ Two global steps (recipe ``decontaminate``; ``datacomp decontaminate`` runs it a
   the cosine) and its similarity; rows at or above ``threshold`` are contaminated. The reduce
   writes a keep mask per shard (``row_mask``: column ``decontaminate_keep``) and
   ``contamination.parquet`` (uid, task, eval_id, similarity; one row per contaminated pool row)
-  in a directory under the score cache named by the pool, the eval embeddings and the threshold.
+  in a directory under the score cache named by the pool, the eval embeddings and the threshold,
+  and beside it ``nearest.parquet`` (the same columns) for every row whose nearest eval image is at
+  or above ``sweep_floor`` (default 0.99): the rows flagged at any threshold ``t >= sweep_floor``
+  are that table's rows with similarity ``>= t`` (:func:`is_contaminated`), which the report's
+  precision-recall curve against the embedded world's truth reads (``report/curation.py``).
 
 An eval-set directory with no test image, embeddings of another dimension than the eval
 embeddings, and NaN rows are one-line errors naming the directory or file. All-zero rows (no
@@ -35,9 +39,16 @@ import numpy as np
 from ...errors import FormatError, InputError
 from ...formats.atomic import atomic_path, write_json
 from ..registry import GlobalOp, OpParamError, register
-from .masks import MaskStep, finish_masks, mask_dir, write_mask
+from .masks import MaskStep, check_floor, finish_masks, mask_dir, write_mask
 
 IVF_NPROBE = 8
+MASKS_VERSION = 2  # 2: nearest.parquet beside the masks (the mask directory's identity names it)
+
+
+def is_contaminated(similarity: np.ndarray, threshold: float) -> np.ndarray:
+    """The decontaminate rule on nearest-eval similarities: at or above ``threshold`` (the op and the
+    report's sweep both use it)."""
+    return np.asarray(similarity, np.float64) >= threshold
 
 
 def _task_keys() -> dict[str, str]:
@@ -246,13 +257,14 @@ class EvalEmbeddings(GlobalOp):
 class Decontaminate(MaskStep, GlobalOp):
     name = "decontaminate"
     description = ("rows whose image embedding has cosine >= threshold with an eval-set test image (nearest neighbour); "
-                   "writes contamination.parquet (uid, task, eval_id, similarity) and a keep mask")
-    params = {"embeddings": "eval_embeddings", "key": "l14_img", "threshold": 0.99995, "output": "decontaminate"}
+                   "writes contamination.parquet (uid, task, eval_id, similarity), nearest.parquet (the same, down to "
+                   "sweep_floor: the threshold sweep's rows) and a keep mask")
+    params = {"embeddings": "eval_embeddings", "key": "l14_img", "threshold": 0.99995, "sweep_floor": 0.99,
+              "output": "decontaminate"}
 
     def setup(self) -> None:
-        t = self.args["threshold"]
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (-1.0 <= float(t) <= 1.0):
-            raise OpParamError(f"'threshold' must be a cosine in [-1, 1], got {t!r}")
+        check_floor(self.args["threshold"], "threshold")
+        check_floor(self.args["sweep_floor"])
 
     def global_inputs(self) -> list[str]:
         return [self.args["embeddings"]]
@@ -268,8 +280,8 @@ class Decontaminate(MaskStep, GlobalOp):
 
     def _dir(self) -> Path:
         p = Path(self._evals())
-        ident = {"pool": self.env.pool_digest, "evals": f"{p.name}:{p.stat().st_size}" if p.is_file() else str(p),
-                 "args": self.args}
+        ident = {"version": MASKS_VERSION, "pool": self.env.pool_digest,
+                 "evals": f"{p.name}:{p.stat().st_size}" if p.is_file() else str(p), "args": self.args}
         return mask_dir(self.env.artifacts, self.name, ident)
 
     def map(self, store, mask: np.ndarray | None) -> np.ndarray:
@@ -295,32 +307,38 @@ class Decontaminate(MaskStep, GlobalOp):
         evals_path = Path(self._evals())
         ids = json.loads(evals_path.with_suffix(".json").read_text())["ids"]
         out_dir = self._dir()
-        th = float(self.args["threshold"])
+        th, floor = float(self.args["threshold"]), float(self.args["sweep_floor"])
         shards = list(self.env.shards)
         if len(shards) != len(partials):
             raise OpParamError("decontaminate's reduce needs the run's shard list")
         cols: dict[str, list] = {"uid": [], "task": [], "eval_id": [], "similarity": []}
+        near: dict[str, list] = {k: [] for k in cols}
         for s, part in zip(shards, partials):
-            hit = part[:, 0] >= th
+            hit = is_contaminated(part[:, 0], th)
+            close = is_contaminated(part[:, 0], floor)
             write_mask(out_dir, s, ~hit)
-            if hit.any():
+            if (hit | close).any():
                 uids = pq.read_table(s, columns=["uid"]).column("uid").to_pylist()
-                for r in np.flatnonzero(hit):
+                for r in np.flatnonzero(hit | close):
                     eid = ids[int(part[r, 1])]
-                    cols["uid"].append(uids[r])
-                    cols["task"].append(eid.rsplit(":", 1)[0])
-                    cols["eval_id"].append(eid)
-                    cols["similarity"].append(float(part[r, 0]))
-        table = pa.table({"uid": pa.array(cols["uid"], pa.string()), "task": pa.array(cols["task"], pa.string()),
-                          "eval_id": pa.array(cols["eval_id"], pa.string()),
-                          "similarity": pa.array(cols["similarity"], pa.float32())})
-        with atomic_path(out_dir / "contamination.parquet", suffix=".parquet") as tmp:
-            pq.write_table(table, tmp)
+                    row = (uids[r], eid.rsplit(":", 1)[0], eid, float(part[r, 0]))
+                    for table, on in ((cols, hit[r]), (near, close[r])):
+                        if on:
+                            for k, v in zip(table, row):
+                                table[k].append(v)
+        for name, c in (("contamination.parquet", cols), ("nearest.parquet", near)):
+            table = pa.table({"uid": pa.array(c["uid"], pa.string()), "task": pa.array(c["task"], pa.string()),
+                              "eval_id": pa.array(c["eval_id"], pa.string()),
+                              "similarity": pa.array(c["similarity"], pa.float32())})
+            with atomic_path(out_dir / name, suffix=".parquet") as tmp:
+                pq.write_table(table, tmp)
         per_task: dict[str, int] = {}
         for t in cols["task"]:
             per_task[t] = per_task.get(t, 0) + 1
         out = self.args["output"]
         values = {out: str(out_dir), f"{out}_flagged": len(cols["uid"]), f"{out}_tasks": dict(sorted(per_task.items())),
-                  f"{out}_table": str(out_dir / "contamination.parquet"), f"{out}_threshold": th}
+                  f"{out}_table": str(out_dir / "contamination.parquet"), f"{out}_threshold": th,
+                  f"{out}_nearest": str(out_dir / "nearest.parquet"), f"{out}_sweep_floor": floor,
+                  f"{out}_nearest_rows": len(near["uid"])}
         finish_masks(out_dir, values)
         return values

@@ -3,12 +3,15 @@
 Such a step's ``reduce`` writes one boolean ``.npy`` per shard (``<parquet stem>.npy``, one value
 per row: True = keep) into a directory of its own under the score cache and returns that
 directory as a global value; ``row_mask`` turns it into a column that keep rules read
-(``semdedup_keep == true``).
+(``semdedup_keep == true``). Beside the masks such a step writes the candidates of its threshold
+sweep (``matches.parquet``, ``nearest.parquet``: every row at or above the step's ``sweep_floor``), so
+the rows it would remove at any stricter threshold are known without running it again.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,13 @@ def mask_dir(artifacts: Path | None, op: str, identity: Any) -> Path:
         raise OpParamError(f"{op} needs a directory for its mask files (the score cache)")
     blob = json.dumps(identity, sort_keys=True, default=str).encode()
     return artifacts / f"{op}-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+def check_floor(v: Any, name: str = "sweep_floor") -> float:
+    """A sweep floor (the lowest similarity a step's sweep table keeps): a cosine in [-1, 1]."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not -1.0 <= float(v) <= 1.0:
+        raise OpParamError(f"'{name}' must be a cosine in [-1, 1], got {v!r}")
+    return float(v)
 
 
 def write_mask(directory: Path, parquet: str | Path, keep: np.ndarray) -> None:

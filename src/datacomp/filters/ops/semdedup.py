@@ -18,6 +18,12 @@ A global step over an npz image embedding (``l14_img``) and the centroids of an 
   by the pool's files, the centroids and the parameters, and ``duplicates.parquet`` beside them
   (uid, kept_uid: the earlier row it matched, similarity, cluster). ``row_mask`` makes the mask a
   column.
+- The sweep's candidates: ``matches.parquet`` beside them (uid, match_uid: the best earlier row in
+  keep order, similarity, cluster) for every row whose best earlier similarity is at or above
+  ``sweep_floor`` (default 0.99). A row's best earlier match does not depend on the other rows'
+  decisions, so the rows removed at any threshold ``t >= sweep_floor`` are exactly the rows of
+  this table with similarity ``> t`` (:func:`is_duplicate`): the report's precision-recall curve
+  against the embedded world's truth (``report/curation.py``) reads it, nothing is recomputed.
 
 Rows the step's ``where`` rules leave out, and all-zero rows (no image), are never duplicates.
 NaN or infinite embeddings and a dimension other than the centroids' are errors naming the npz.
@@ -35,9 +41,10 @@ from ...executors import Unit, run_units
 from ...formats.atomic import atomic_path
 from ..registry import GlobalOp, OpParamError, register
 from .clusters import _cached_matrix, _file_id
-from .masks import MaskStep, finish_masks, mask_dir, write_mask
+from .masks import MaskStep, check_floor, finish_masks, mask_dir, write_mask
 
 KEEPS = ("farthest", "closest", "score")
+MASKS_VERSION = 2  # 2: matches.parquet beside the masks (the mask directory's identity names it)
 BLOCK_CELLS = 1 << 24  # cells of one block of the Gram matrix (64 MiB of float32): memory per cluster
 
 
@@ -78,16 +85,33 @@ def earlier_matches(x: np.ndarray, threshold: float) -> tuple[np.ndarray, np.nda
     return arg, best
 
 
+def is_duplicate(similarity: np.ndarray, threshold: float) -> np.ndarray:
+    """SemDeDup's rule on best earlier similarities: a duplicate when above ``threshold`` (= 1 - eps),
+    compared in float32 as the search computes them (the op and the report's sweep both use it)."""
+    return np.asarray(similarity, np.float32) > threshold
+
+
+def cluster_matches(x: np.ndarray, centroid: np.ndarray, keep: str,
+                    score: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One cluster in keep order: (position of each row, position of its best earlier row, their
+    similarity; -1 and -inf for the first row). ``x``: unit rows (float32); positions index ``x``."""
+    if len(x) < 2:
+        return np.arange(len(x)), np.full(len(x), -1, np.int64), np.full(len(x), -np.inf, np.float32)
+    order = order_cluster(x, centroid, keep, score)
+    arg, best = earlier_matches(np.ascontiguousarray(x[order]), 1.0)
+    match = np.where(arg >= 0, order[np.maximum(arg, 0)], -1)
+    return order, match, best
+
+
 def dedup_cluster(x: np.ndarray, centroid: np.ndarray, eps: float, keep: str,
                   score: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One cluster: (positions of its duplicates, the position each matched, the similarity).
     ``x``: unit rows (float32); positions index ``x``."""
     if len(x) < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
-    order = order_cluster(x, centroid, keep, score)
-    arg, best = earlier_matches(np.ascontiguousarray(x[order]), 1.0 - eps)
-    dup = np.flatnonzero(best > 1.0 - eps)
-    return order[dup], order[arg[dup]], best[dup]
+    order, match, best = cluster_matches(x, centroid, keep, score)
+    dup = np.flatnonzero(is_duplicate(best, 1.0 - eps))
+    return order[dup], match[dup], best[dup]
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -97,11 +121,12 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def semdedup_unit(shards: list[tuple[str, str, str]], offsets: list[list[int]], c0: int, c1: int,
-                  centroids: str, eps: float, keep: str, out: str) -> dict[str, Any]:
+                  centroids: str, eps: float, keep: str, floor: float, out: str) -> dict[str, Any]:
     """Clusters ``c0 .. c1-1`` (module level: it runs in a worker). ``shards``: per shard, its
     sorted embeddings, sorted row indices and sorted scores (``.npy``); ``offsets[s][c - c0]``:
     where cluster ``c`` starts in shard ``s``'s sorted files (one more entry: the end).
-    Writes ``out`` (.npy, float64 rows: shard, row, matched shard, matched row, similarity, cluster)."""
+    Writes ``out`` (.npy, float64 rows: shard, row, matched shard, matched row, similarity, cluster,
+    removed 0/1) for every row removed or with its best earlier similarity at or above ``floor``."""
     cent = _cached_matrix(centroids, "centroids")
     files = [(np.load(e, mmap_mode="r"), np.load(r, mmap_mode="r"), np.load(s, mmap_mode="r")) for e, r, s in shards]
     found: list[np.ndarray] = []
@@ -120,13 +145,17 @@ def semdedup_unit(shards: list[tuple[str, str, str]], offsets: list[list[int]], 
         idx = np.concatenate(ids)
         rows += len(x)
         largest = max(largest, len(x))
-        dup, match, sim = dedup_cluster(x, cent[c], eps, keep, np.concatenate(scores) if keep == "score" else None)
-        if len(dup):
-            found.append(np.column_stack([idx[dup], idx[match], sim.astype(np.float64), np.full(len(dup), c)]))
-    res = np.concatenate(found).astype(np.float64) if found else np.empty((0, 6), np.float64)
+        order, match, best = cluster_matches(x, cent[c], keep, np.concatenate(scores) if keep == "score" else None)
+        removed = is_duplicate(best, 1.0 - eps)
+        take = np.flatnonzero(removed | (best >= floor))
+        if len(take):
+            found.append(np.column_stack([idx[order[take]], idx[match[take]], best[take].astype(np.float64),
+                                          np.full(len(take), c), removed[take]]))
+    res = np.concatenate(found).astype(np.float64) if found else np.empty((0, 7), np.float64)
     with atomic_path(Path(out), suffix=".npy") as tmp:
         np.save(tmp, res, allow_pickle=False)
-    return {"clusters": c1 - c0, "rows": rows, "duplicates": int(len(res)), "largest": largest}
+    return {"clusters": c1 - c0, "rows": rows, "duplicates": int(res[:, 6].sum()), "matches": int(len(res)),
+            "largest": largest}
 
 
 @register
@@ -135,7 +164,7 @@ class SemDeDup(MaskStep, GlobalOp):
     description = ("SemDeDup (Abbas et al. 2023): within each k-means cluster, rows whose image embeddings have cosine > 1-eps "
                    "with a kept row are duplicates; one per group is kept (farthest from the centroid, or by a score)")
     params = {"key": "l14_img", "dim": None, "centroids": "centroids", "eps": 0.0001, "keep": "farthest",
-              "score": None, "unit_rows": 50_000, "output": "semdedup"}
+              "score": None, "unit_rows": 50_000, "sweep_floor": 0.99, "output": "semdedup"}
 
     def setup(self) -> None:
         eps = self.args["eps"]
@@ -151,6 +180,7 @@ class SemDeDup(MaskStep, GlobalOp):
         d = self.args["dim"]
         if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
             raise OpParamError(f"'dim' must be a positive integer, got {d!r}")
+        check_floor(self.args["sweep_floor"])
 
     def inputs(self) -> list[str]:
         return [self.args["score"]] if self.args["score"] else []
@@ -170,7 +200,8 @@ class SemDeDup(MaskStep, GlobalOp):
 
     def _dir(self) -> Path:
         cpath = Path(self._centroid_file())
-        ident = {"pool": self.env.pool_digest, "centroids": _file_id(cpath) if cpath.is_file() else str(cpath),
+        ident = {"version": MASKS_VERSION, "pool": self.env.pool_digest,
+                 "centroids": _file_id(cpath) if cpath.is_file() else str(cpath),
                  "args": {k: v for k, v in self.args.items() if k != "unit_rows"}}
         return mask_dir(self.env.artifacts, self.name, ident)
 
@@ -224,33 +255,39 @@ class SemDeDup(MaskStep, GlobalOp):
                 c0, acc = c, 0
             acc += int(sizes[c])
         units.append((c0, k))
-        eps, keep = float(self.args["eps"]), self.args["keep"]
+        eps, keep, floor = float(self.args["eps"]), self.args["keep"], float(self.args["sweep_floor"])
         cdir = self.env.work / "clusters"
         work = [Unit(f"clusters-{a:07d}-{b:07d}",
-                     (files, starts[:, a:b + 1].tolist(), a, b, cpath, eps, keep, str(cdir / f"{a:07d}-{b:07d}.npy")),
+                     (files, starts[:, a:b + 1].tolist(), a, b, cpath, eps, keep, floor,
+                      str(cdir / f"{a:07d}-{b:07d}.npy")),
                      max(1, int(sizes[a:b].sum())))
                 for a, b in units if sizes[a:b].sum() > 0]
         run_units(semdedup_unit, work, cdir, workers=self.env.workers, executor=self.env.executor,
                   desc="semdedup: clusters", unit_label="rows")
         found = [np.load(cdir / f"{u.args[2]:07d}-{u.args[3]:07d}.npy", allow_pickle=False) for u in work]
-        dups = np.concatenate(found) if found else np.empty((0, 6))
-        dups = dups[np.lexsort((dups[:, 1], dups[:, 0]))] if len(dups) else dups
-        uids = [pq.read_table(s, columns=["uid"]).column("uid").to_pylist() if len(dups) else [] for s in shards]
+        rows = np.concatenate(found) if found else np.empty((0, 7))
+        rows = rows[np.lexsort((rows[:, 1], rows[:, 0]))] if len(rows) else rows
+        dups = rows[rows[:, 6] == 1]
+        near = rows[np.asarray(rows[:, 4], np.float32) >= floor]  # as the units chose them
+        uids = [pq.read_table(s, columns=["uid"]).column("uid").to_pylist() if len(rows) else [] for s in shards]
         for si, s in enumerate(shards):
             keep_rows = np.ones(len(partials[si]), bool)
             mine = dups[dups[:, 0] == si] if len(dups) else dups
             keep_rows[mine[:, 1].astype(np.int64)] = False
             write_mask(out_dir, s, keep_rows)
-        d = dups.astype(np.int64) if len(dups) else np.empty((0, 6), np.int64)
-        table = pa.table({"uid": [uids[a][b] for a, b in d[:, :2]], "kept_uid": [uids[a][b] for a, b in d[:, 2:4]],
-                          "similarity": pa.array(dups[:, 4] if len(dups) else [], pa.float32()),
-                          "cluster": pa.array(d[:, 5], pa.int64())})
-        with atomic_path(out_dir / "duplicates.parquet", suffix=".parquet") as tmp:
-            pq.write_table(table, tmp)
+        for name, part, matched in (("duplicates.parquet", dups, "kept_uid"), ("matches.parquet", near, "match_uid")):
+            d = part.astype(np.int64)
+            table = pa.table({"uid": pa.array([uids[a][b] for a, b in d[:, :2]], pa.string()),
+                              matched: pa.array([uids[a][b] for a, b in d[:, 2:4]], pa.string()),
+                              "similarity": pa.array(part[:, 4], pa.float32()),
+                              "cluster": pa.array(d[:, 5], pa.int64())})
+            with atomic_path(out_dir / name, suffix=".parquet") as tmp:
+                pq.write_table(table, tmp)
         out = self.args["output"]
         values = {out: str(out_dir), f"{out}_removed": int(len(dups)), f"{out}_clusters": int(k),
                   f"{out}_rows": int(sizes.sum()), f"{out}_largest_cluster": int(sizes.max()) if k else 0,
                   f"{out}_units": len(work), f"{out}_duplicates": str(out_dir / "duplicates.parquet"),
-                  f"{out}_threshold": 1.0 - eps}
+                  f"{out}_threshold": 1.0 - eps, f"{out}_matches": str(out_dir / "matches.parquet"),
+                  f"{out}_sweep_floor": floor, f"{out}_matches_rows": int(len(near))}
         finish_masks(out_dir, values)
         return values
