@@ -313,11 +313,12 @@ def test_rerun_reuses_everything_unchanged(loop):
 
 
 def test_killed_run_resumes(tmp_path, synth_test_pool):
-    """Kill `datacomp run` while it trains the second recipe; the re-run reuses what was done."""
+    """Kill `datacomp run` while it trains the second recipe; the re-run reuses what was done.
+    One training at a time (--jobs 1), so the first recipe's run is finished when the kill comes."""
     wd = tmp_path / "w"
     seed_workdir(synth_test_pool, wd)
     exe = [sys.executable, "-m", "datacomp.cli", "run", "--scale", "synth_test", "--workdir", str(wd),
-           "--recipes", "no_filter,basic_filter"]
+           "--recipes", "no_filter,basic_filter", "--jobs", "1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(exe, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
