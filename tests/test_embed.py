@@ -256,3 +256,30 @@ def test_reused_teacher_keeps_its_score_scale_without_refitting(tmp_path: Path, 
     assert stage._previous_score_scale(dest, "abc", [anchors[0], {"keep": 0.4, "score": 0.2}]) is None
     (dest / "teacher.json").write_text("{broken")
     assert stage._previous_score_scale(dest, "abc", anchors) is None
+
+
+def test_teachers_at_once_match_one_at_a_time(tmp_path, synth_test_pool):
+    """embed(jobs=2) trains both teachers at the same time: the same weights, score scales and npz
+    as the session's world, whose teachers trained one after the other."""
+    import hashlib
+    import json
+
+    from datacomp.config import load_scale
+    from datacomp.embed import embed
+    from datacomp.pool.synth import synthesize
+
+    pool = tmp_path / "pool"
+    scale = load_scale("synth_test")
+    synthesize(pool, scale, seed=0, workers=2)
+    embed(pool, teacher=True, scale=scale, seed=0, workers=2, jobs=2)
+
+    def digest(p):
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    for key in ("b32", "l14"):
+        a, b = synth_test_pool / "teachers" / key, pool / "teachers" / key
+        assert digest(a / "open_clip_pytorch_model.bin") == digest(b / "open_clip_pytorch_model.bin")
+        assert json.loads((a / "teacher.json").read_text())["score_scale"] == \
+            json.loads((b / "teacher.json").read_text())["score_scale"]
+    npz = sorted((synth_test_pool / "metadata").glob("*.npz"))
+    assert npz and [digest(p) for p in npz] == [digest(pool / "metadata" / p.name) for p in npz]

@@ -111,10 +111,10 @@ def default_jobs() -> int:
 
 
 def job_threads(jobs: int) -> int:
-    """CPU threads of each training when ``jobs`` run at once: the cores left after each training's
-    data-loader worker, shared out. With one job it is exactly what a lone ``datacomp train`` uses,
-    so a run's trainings get the same thread count, and the same results, whatever ``jobs`` is on
-    a machine with up to 2 cores per job."""
+    """CPU threads of each training when ``jobs`` > 1 run at once: the cores shared out, less one
+    per training for its data-loader worker. On a machine with up to 2 cores per job that is what a
+    lone ``datacomp train`` uses (cores − 1), so the trainings, and their results, do not depend on
+    ``jobs`` there (with ``jobs`` 1 the run leaves the thread count to the trainer itself)."""
     from .train.launchers import cpu_count
 
     return max(1, cpu_count() // max(1, jobs) - 1)
@@ -171,14 +171,14 @@ def _run_world(scale: Scale, workdir: Path, recipes: list[str], seed: int, worke
         rm = timed(f"reshard/{label}", reshard, pool, subset, shards, shard_size=shard_size, workers=workers)
         prepared.append((label, summary, rm, shards))
 
-    threads = job_threads(jobs)
+    threads = job_threads(jobs) if jobs > 1 else None  # one at a time: exactly a lone training's default
 
     def train_and_evaluate(label: str, shards: Path) -> list[dict[str, Any]]:
         run_dir = workdir / "runs" / label
         timed(f"train/{label}", train, scale, [shards], run_dir, seed=seed, workers=1, threads=threads)
         return timed(f"evaluate/{label}", evaluate, run_dir, pool / "evalsets")["results"]
 
-    if jobs > 1 and len(prepared) > 1:
+    if threads is not None and len(prepared) > 1:
         log.info("== training and evaluating %d recipes, %d at a time (%d thread(s) each)", len(prepared), jobs, threads)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
         futures = [ex.submit(train_and_evaluate, label, shards) for label, _, _, shards in prepared]

@@ -115,42 +115,34 @@ def train_network(data: Path, ts: Scale, dest: Path, seed: int = 0, overwrite: b
     return man, info
 
 
-def train_teacher(pool: Path, s: Scale, key: str, seed: int = 0, overwrite: bool = False, workers: int = 1) -> dict[str, Any]:
-    """Train teacher ``key`` of scale ``s`` on POOL/curated and export it as a local-dir folder."""
+def _teacher_network(pool: Path, s: Scale, key: str, seed: int, overwrite: bool, workers: int) -> dict[str, Any]:
+    """Train teacher ``key``'s network on POOL/curated (a subprocess; nothing runs in this process)
+    and export it: the record of :func:`train_network`."""
     curated = pool / "curated"
     if not curated.is_dir():
         raise InputError(f"{curated}: curated shards for teacher training do not exist")
-    ts = teacher_scale(s, key)
-    dest = teacher_dir(pool, key)
+    _, trained = train_network(curated, teacher_scale(s, key), teacher_dir(pool, key), seed=seed, overwrite=overwrite,
+                               workers=workers, device="cpu" if s.embedded else None)
+    return trained
+
+
+def train_teacher(pool: Path, s: Scale, key: str, seed: int = 0, overwrite: bool = False, workers: int = 1,
+                  trained: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train teacher ``key`` of scale ``s`` on POOL/curated, export it as a local-dir folder and fit
+    its score scale. ``trained``: the network's record when it was trained already (:func:`embed`
+    trains the teachers at once, then fits their scales here one after the other)."""
     t0 = time.time()
-    _, trained = train_network(curated, ts, dest, seed=seed, overwrite=overwrite, workers=workers,
-                               device="cpu" if s.embedded else None)
+    if trained is None:
+        trained = _teacher_network(pool, s, key, seed, overwrite, workers)
+    dest = teacher_dir(pool, key)
     info = {"key": key, **trained}
     anchors = s.teachers[key].get("score_scale")
     if anchors:
         info["score_scale"] = _previous_score_scale(dest, info["run_manifest"], anchors) or \
             calibrate_score_scale(pool, key, f"{models.LOCAL_DIR}{dest.resolve()}", anchors)
     write_json(dest / "teacher.json", info)
-    log.info("embed: teacher %s (%s) ready in %.1fs", key, ts.model, time.time() - t0)
+    log.info("embed: teacher %s (%s) ready in %.1fs", key, teacher_scale(s, key).model, time.time() - t0)
     return info
-
-
-def _train_teachers_at_once(pool: Path, s: Scale, keys: Sequence[str], seed: int, overwrite: bool, jobs: int) -> None:
-    """Train the teachers' runs ``jobs`` at a time (subprocesses; nothing runs in this process), so
-    that :func:`train_teacher` then finds each run finished and only exports and calibrates it."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    curated = pool / "curated"
-    if not curated.is_dir():
-        raise InputError(f"{curated}: curated shards for teacher training do not exist")
-    threads = max(1, cpu_count() - 1)  # what a lone training of one loader worker gets (launch.train's default)
-    with ThreadPoolExecutor(max_workers=jobs) as ex:
-        futures = [ex.submit(launch.train, teacher_scale(s, k), curated, teacher_dir(pool, k) / "run", seed=seed,
-                             workers=1, overwrite=overwrite, device="cpu" if s.embedded else None,
-                             threads=threads if s.embedded else None)
-                   for k in keys]
-        for f in futures:
-            f.result()
 
 
 def targets_path(pool: str | os.PathLike) -> Path:
@@ -299,8 +291,8 @@ def embed(
     every key in ``keys``. Units are shards; a killed run resumes; ``manifest.json`` is last.
     ``executor="ray"``: one Ray task per shard, with one GPU each on a cluster that has GPUs
     (the models run on it), on the CPU otherwise (then bit-identical to ``"local"``).
-    ``jobs`` > 1: the teachers train at the same time (each in its own process, with the thread
-    count a lone training has); their score scales are then fitted one after the other, as before.
+    ``jobs`` > 1: the teachers' networks train at the same time (each in its own process, with the
+    thread count a lone training has); their score scales are then fitted one after the other.
     """
     pool = require_pool_dir(pool)
     keys = tuple(keys)
@@ -359,14 +351,16 @@ def embed(
     records: dict[str, dict[str, Any]] = {}
     specs: list[dict[str, Any]] = []
     if use_teacher:
-        if jobs > 1 and len(keys) > 1:
-            _train_teachers_at_once(pool, s, keys, seed, overwrite, jobs)
-            overwrite_runs = False  # trained just now: train_teacher reuses them
-        else:
-            overwrite_runs = overwrite
+        trained: dict[str, Any] = {}
+        if jobs > 1 and len(keys) > 1:  # the networks at once (subprocesses), the score scales one by one below
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=jobs) as ex:
+                futures = {k: ex.submit(_teacher_network, pool, s, k, seed, overwrite, 1) for k in keys}
+                trained = {k: f.result() for k, f in futures.items()}
         for k in keys:
             t1 = time.time()
-            info = train_teacher(pool, s, k, seed=seed, overwrite=overwrite_runs)
+            info = train_teacher(pool, s, k, seed=seed, overwrite=overwrite, trained=trained.get(k))
             timings[f"teacher_{k}_s"] = round(time.time() - t1, 2)
             tdir = teacher_dir(pool, k)
             specs.append({"keys": [k], "model": f"{models.LOCAL_DIR}{tdir.resolve()}", "checkpoint": None,

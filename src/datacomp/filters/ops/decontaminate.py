@@ -39,7 +39,7 @@ import numpy as np
 from ...errors import FormatError, InputError
 from ...formats.atomic import atomic_path, write_json
 from ..registry import GlobalOp, OpParamError, register
-from .masks import MaskStep, check_floor, finish_masks, mask_dir, write_mask
+from .masks import MaskStep, check_cosine, finish_masks, mask_dir, write_mask
 
 IVF_NPROBE = 8
 MASKS_VERSION = 2  # 2: nearest.parquet beside the masks (the mask directory's identity names it)
@@ -263,8 +263,8 @@ class Decontaminate(MaskStep, GlobalOp):
               "output": "decontaminate"}
 
     def setup(self) -> None:
-        check_floor(self.args["threshold"], "threshold")
-        check_floor(self.args["sweep_floor"])
+        check_cosine(self.args["threshold"], "threshold")
+        check_cosine(self.args["sweep_floor"])
 
     def global_inputs(self) -> list[str]:
         return [self.args["embeddings"]]

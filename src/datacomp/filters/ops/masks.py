@@ -33,8 +33,8 @@ def mask_dir(artifacts: Path | None, op: str, identity: Any) -> Path:
     return artifacts / f"{op}-{hashlib.sha256(blob).hexdigest()[:16]}"
 
 
-def check_floor(v: Any, name: str = "sweep_floor") -> float:
-    """A sweep floor (the lowest similarity a step's sweep table keeps): a cosine in [-1, 1]."""
+def check_cosine(v: Any, name: str = "sweep_floor") -> float:
+    """A threshold or sweep floor (the lowest similarity a step's sweep table keeps): a cosine in [-1, 1]."""
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not -1.0 <= float(v) <= 1.0:
         raise OpParamError(f"'{name}' must be a cosine in [-1, 1], got {v!r}")
     return float(v)

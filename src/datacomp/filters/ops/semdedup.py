@@ -41,7 +41,7 @@ from ...executors import Unit, run_units
 from ...formats.atomic import atomic_path
 from ..registry import GlobalOp, OpParamError, register
 from .clusters import _cached_matrix, _file_id
-from .masks import MaskStep, check_floor, finish_masks, mask_dir, write_mask
+from .masks import MaskStep, check_cosine, finish_masks, mask_dir, write_mask
 
 KEEPS = ("farthest", "closest", "score")
 MASKS_VERSION = 2  # 2: matches.parquet beside the masks (the mask directory's identity names it)
@@ -180,7 +180,7 @@ class SemDeDup(MaskStep, GlobalOp):
         d = self.args["dim"]
         if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
             raise OpParamError(f"'dim' must be a positive integer, got {d!r}")
-        check_floor(self.args["sweep_floor"])
+        check_cosine(self.args["sweep_floor"])
 
     def inputs(self) -> list[str]:
         return [self.args["score"]] if self.args["score"] else []
