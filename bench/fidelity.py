@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipes", default=",".join(BASELINES + REFERENCES), help="default: the eight baselines, oracle, random_basic")
     ap.add_argument("--workdir", help="work directory (default /tmp/datacomp-fidelity/<scale>); reused on a re-run")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--jobs", type=int, default=None, help="trainings at once (datacomp run --jobs; default one per core)")
+    ap.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
+                    help="trainings at once (datacomp run --jobs; default one per core, at most 4)")
     ap.add_argument("--record", action="store_true", help=f"append a dated section to {RESULTS_MD}")
     a = ap.parse_args(argv)
 

@@ -103,11 +103,10 @@ class LoopResult:
 
 
 def default_jobs() -> int:
-    """Trainings at once by default: one per core (an embedded-scale training is one compute
-    thread and a light data loader), at most 4 (each holds ~1 GB)."""
-    from .train.launchers import cpu_count
-
-    return max(1, min(4, cpu_count()))
+    """Trainings at once by default: 1. Several at once (``--jobs``) is opt-in: one CI run saw
+    torch's SIGCHLD handler in the waiting main thread raise for an evaluation's data-loader worker
+    while the trainings ran in pool threads (tests/test_report_run.py, once in three suite runs)."""
+    return 1
 
 
 def job_threads(jobs: int) -> int:
@@ -136,7 +135,6 @@ def _run_world(scale: Scale, workdir: Path, recipes: list[str], seed: int, worke
     from .filters import run_filter
     from .filters.reference_subsets import build_reference_subset, is_pseudo_recipe
     from .pool.synth import synthesize
-    from .report.rows import result_row
     from .reshard import reshard
     from .train import train
 
@@ -180,6 +178,9 @@ def _run_world(scale: Scale, workdir: Path, recipes: list[str], seed: int, worke
 
     if threads is not None and len(prepared) > 1:
         log.info("== training and evaluating %d recipes, %d at a time (%d thread(s) each)", len(prepared), jobs, threads)
+    if jobs == 1:  # in this thread, as before --jobs existed (torch's SIGCHLD handler expects it)
+        results = [train_and_evaluate(label, shards) for label, _, _, shards in prepared]
+        return _rows(prepared, results), {**timings, "total": round(time.time() - t_start, 2)}
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
         futures = [ex.submit(train_and_evaluate, label, shards) for label, _, _, shards in prepared]
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
@@ -188,12 +189,17 @@ def _run_world(scale: Scale, workdir: Path, recipes: list[str], seed: int, worke
             for f in pending:
                 f.cancel()
             raise failed.exception()  # type: ignore[misc]
-    rows: list[dict[str, Any]] = []
-    for (label, summary, rm, _), fut in zip(prepared, futures):
-        rows.append(result_row(label, fut.result(), {"dataset_size": int(summary["counts"]["kept"]),
-                                                     "resharded": int(rm.counts.get("output_count", 0))}))
+    rows = _rows(prepared, [f.result() for f in futures])
     timings["total"] = round(time.time() - t_start, 2)
     return rows, timings
+
+
+def _rows(prepared: list, results: list) -> list[dict[str, Any]]:
+    from .report.rows import result_row
+
+    return [result_row(label, res, {"dataset_size": int(summary["counts"]["kept"]),
+                                    "resharded": int(rm.counts.get("output_count", 0))})
+            for (label, summary, rm, _), res in zip(prepared, results)]
 
 
 def run_seeds(scale: str | Scale, workdir: Path, recipes: list[str], seeds: list[int], workers: int = 2,
