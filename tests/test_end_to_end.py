@@ -45,11 +45,26 @@ SYNTH_TASKS = sorted(["synth/concepts", "synth/concepts_clutter", "synth/concept
                       "synth/retrieval"])
 
 
+LOADERS: list[tuple[bool, int]] = []  # (in the main thread, num_workers) of each evaluation data loader the loop made
+
+
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory, synth_test_pool):
+    import threading
+
+    from datacomp.evaluate import zeroshot
+
     wd = tmp_path_factory.mktemp("loop")
     seed_workdir(synth_test_pool, wd)  # the session's world: synth and embed are reused, the rest runs here
-    rows = run_loop("synth_test", wd, recipes=TRAINED, seed=0, workers=2, jobs=2)  # two trainings at once
+    real = zeroshot.DataLoader
+
+    def recording(*a, **kw):
+        LOADERS.append((threading.current_thread() is threading.main_thread(), int(kw.get("num_workers", 0))))
+        return real(*a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(zeroshot, "DataLoader", recording)
+        rows = run_loop("synth_test", wd, recipes=TRAINED, seed=0, workers=2, jobs=2)  # two trainings at once
     shard_size = load_scale("synth_test").world["shard_size"]
     for r in RECIPES:  # the rest: filter + reshard, into the layout `datacomp run` uses
         if r not in TRAINED:
@@ -275,6 +290,15 @@ def test_trainings_at_once_match_one_at_a_time(loop, tmp_path):
     def main_metrics(run):
         return {x["key"]: x["metrics"]["main_metric"] for x in map(json.loads, (run / "eval_results.jsonl").read_text().splitlines())}
     assert main_metrics(alone) == main_metrics(wd / "runs" / "basic_filter")
+
+
+def test_pooled_evaluations_load_in_process(loop):
+    """With trainings at once, evaluations run in pool threads; their data loaders must not fork
+    workers there: torch's SIGCHLD handler lives in the main thread and raises there when a worker
+    registered from another thread exits before it is unregistered (a flaky CI failure)."""
+    off_main = [w for main, w in LOADERS if not main]
+    assert off_main, "the loop evaluated nothing off the main thread: the pooled path was not taken"
+    assert all(w == 0 for w in off_main), LOADERS
 
 
 def test_evaluation_results_and_table(loop):

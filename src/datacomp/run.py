@@ -103,10 +103,11 @@ class LoopResult:
 
 
 def default_jobs() -> int:
-    """Trainings at once by default: 1. Several at once (``--jobs``) is opt-in: one CI run saw
-    torch's SIGCHLD handler in the waiting main thread raise for an evaluation's data-loader worker
-    while the trainings ran in pool threads (tests/test_report_run.py, once in three suite runs)."""
-    return 1
+    """Trainings at once by default: two where there are two cores (an embedded-scale training is
+    one compute thread and a light loader, so one at a time leaves the second core idle), else one."""
+    from .train.launchers import cpu_count
+
+    return 2 if cpu_count() >= 2 else 1
 
 
 def job_threads(jobs: int) -> int:
@@ -174,11 +175,16 @@ def _run_world(scale: Scale, workdir: Path, recipes: list[str], seed: int, worke
     def train_and_evaluate(label: str, shards: Path) -> list[dict[str, Any]]:
         run_dir = workdir / "runs" / label
         timed(f"train/{label}", train, scale, [shards], run_dir, seed=seed, workers=1, threads=threads)
-        return timed(f"evaluate/{label}", evaluate, run_dir, pool / "evalsets")["results"]
+        # Off the main thread an evaluation loads in-process (workers 0): torch registers a data
+        # loader's worker pids for the SIGCHLD handler it installed in the main thread, and a worker
+        # exiting before its pids are unregistered makes that handler raise in the waiting main
+        # thread ("DataLoader worker exited unexpectedly"; seen once in CI). Same results either way.
+        eval_workers = 2 if jobs == 1 else 0
+        return timed(f"evaluate/{label}", evaluate, run_dir, pool / "evalsets", workers=eval_workers)["results"]
 
     if threads is not None and len(prepared) > 1:
         log.info("== training and evaluating %d recipes, %d at a time (%d thread(s) each)", len(prepared), jobs, threads)
-    if jobs == 1:  # in this thread, as before --jobs existed (torch's SIGCHLD handler expects it)
+    if jobs == 1:  # in this thread, as before --jobs existed
         results = [train_and_evaluate(label, shards) for label, _, _, shards in prepared]
         return _rows(prepared, results), {**timings, "total": round(time.time() - t_start, 2)}
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
