@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="several seeds, one world each under WORKDIR/seed-N; tables give mean ± std")
     workers(sp)
     sp.add_argument("--jobs", type=POSITIVE, default=None,
-                    help="trainings at once, recipes' and teachers' (default 2 where there are 2 cores, else 1; 2 on 2 cores nearly halves the training time); "
+                    help="trainings at once, recipes' and teachers' (default 2 where there are 2 or more cores, else 1; 2 on 2 cores nearly halves the training time); "
                          "each its own process with the threads a lone training has, so results do not depend on it")
 
     sp = add("report", cmd_report, "an HTML report (results, published baselines, plots, ground truth, samples) "

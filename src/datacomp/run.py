@@ -172,15 +172,16 @@ def _run_world(scale: Scale, workdir: Path, recipes: list[str], seed: int, worke
 
     threads = job_threads(jobs) if jobs > 1 else None  # one at a time: exactly a lone training's default
 
+    # Off the main thread an evaluation loads in-process (workers 0): torch registers a data
+    # loader's worker pids for the SIGCHLD handler it installed in the main thread, and a worker
+    # exiting before its pids are unregistered makes that handler raise in the waiting main
+    # thread ("DataLoader worker exited unexpectedly"; seen once in CI). Same results either way.
+    eval_kw: dict[str, Any] = {} if jobs == 1 else {"workers": 0}
+
     def train_and_evaluate(label: str, shards: Path) -> list[dict[str, Any]]:
         run_dir = workdir / "runs" / label
         timed(f"train/{label}", train, scale, [shards], run_dir, seed=seed, workers=1, threads=threads)
-        # Off the main thread an evaluation loads in-process (workers 0): torch registers a data
-        # loader's worker pids for the SIGCHLD handler it installed in the main thread, and a worker
-        # exiting before its pids are unregistered makes that handler raise in the waiting main
-        # thread ("DataLoader worker exited unexpectedly"; seen once in CI). Same results either way.
-        eval_workers = 2 if jobs == 1 else 0
-        return timed(f"evaluate/{label}", evaluate, run_dir, pool / "evalsets", workers=eval_workers)["results"]
+        return timed(f"evaluate/{label}", evaluate, run_dir, pool / "evalsets", **eval_kw)["results"]
 
     if threads is not None and len(prepared) > 1:
         log.info("== training and evaluating %d recipes, %d at a time (%d thread(s) each)", len(prepared), jobs, threads)
