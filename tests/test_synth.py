@@ -89,6 +89,28 @@ def test_foreign_captions_are_identified_as_their_language():
     assert np.mean([g == want for g, want in zip(got, langs)]) > 0.95
 
 
+def test_foreign_captions_naming_the_english_word_stay_foreign():
+    """Code-switched captions ("ein dog in Rot") name the concept in English, keep the language's
+    article, and fastText still calls them their language: only the CLIP filters can keep them."""
+    world, noise = load_world(40), load_noise()
+    texts, langs = [], []
+    for i in range(200):
+        rng = make_rng(4, "t", i)
+        lang = ["de", "fr", "es", "it"][i % 4]
+        scene = sample_scene(rng, world, noise)
+        c = world.concepts[scene.concept]
+        text = foreign(scene, world, rng, lang, english_name=True)
+        word = c.name if scene.count == 1 else c.plural
+        assert word in text.lower() or word.capitalize() in text, (text, word)
+        if scene.count == 1 and " " in c.tr[lang][0]:
+            assert c.tr[lang][0].split(" ", 1)[0].lower() in text.lower().split(), text  # the article stays
+        assert c.tr[lang][0].split(" ", 1)[-1] not in text.split(), text  # the translation is gone
+        texts.append(text)
+        langs.append(lang)
+    got = languages(texts)
+    assert np.mean([g == want for g, want in zip(got, langs)]) > 0.95
+
+
 # ---- layout and formats -------------------------------------------------------------------------
 
 def test_pool_layout_and_formats(pool):
@@ -199,6 +221,9 @@ def test_noise_fractions_match_config(pool):
     assert abs(tr.eval_copy.notna().sum() - round(noise["eval_copies"] * n)) <= 1
     langs = tr.lang[tr.caption_kind == "foreign"]
     assert set(langs) == {"de", "fr", "es", "it"}
+    fk = tr.foreign_kind[tr.caption_kind == "foreign"]
+    assert set(fk) == {"english_name", "translated"} and tr.foreign_kind[tr.caption_kind != "foreign"].isna().all()
+    assert abs((fk == "english_name").mean() - noise["foreign_english_name"]) < 0.1
     assert 0.10 < tr.clean.mean() < 0.18  # english (22 %) x normal image (60 %)
 
 

@@ -92,11 +92,19 @@ def english_variants(scene: Scene, world: World, rng: random.Random, k: int) -> 
     return out
 
 
-def foreign(scene: Scene, world: World, rng: random.Random, lang: str) -> str:
-    """A caption about ``scene`` in another language (de, fr, es, it ...)."""
+def foreign(scene: Scene, world: World, rng: random.Random, lang: str, english_name: bool = False) -> str:
+    """A caption about ``scene`` in another language (de, fr, es, it ...).
+
+    ``english_name``: the object is named by its English word inside the foreign sentence, keeping
+    the language's article ("ein dog in Rot", "deux kites de couleur rouge"), as web captions in
+    other languages name products and objects with English words.
+    """
     L = world.language["foreign"][lang]
     c = world.concepts[scene.concept]
     sg, pl = c.tr[lang]
+    if english_name:
+        art = sg.split(" ", 1)[0] if " " in sg else ""
+        sg, pl = (f"{art} {c.name}" if art else c.name), c.plural
     colour = L["colours"][scene.colour]
     if scene.count == 1:
         np_ = L["np_one"].format(sg=sg, colour=colour)
@@ -158,7 +166,9 @@ def caption_for(kind: str, scene: Scene, world: World, rng: random.Random, noise
         return english(other, world, rng), {"caption_concept": other.concept, "lang": "en"}
     if kind == "foreign":
         lang = pick(rng, noise["foreign_languages"])
-        return foreign(scene, world, rng, lang), {"caption_concept": scene.concept, "lang": lang}
+        en = rng.random() < float(noise.get("foreign_english_name", 0.0))
+        return foreign(scene, world, rng, lang, en), {"caption_concept": scene.concept, "lang": lang,
+                                                      "foreign_kind": "english_name" if en else "translated"}
     if kind == "boilerplate":
         return boilerplate(world, rng), {"caption_concept": -1, "lang": "en"}
     if kind == "junk":

@@ -131,7 +131,7 @@ def validate_noise(cfg: dict[str, Any]) -> None:
         if abs(total - 1.0) > 1e-6 or any(float(v) < 0 for v in rates.values()):
             raise ConfigError(f"noise.yaml: rates of '{group}' must be >= 0 and sum to 1 (sum {total:.4f})")
     for key in ("duplicates", "eval_copies", "duplicate_same_caption", "mismatch_keep_colour", "concept_colour",
-                "curated_uninformative"):
+                "curated_uninformative", "foreign_english_name"):
         v = float(cfg.get(key, -1))
         if not 0 <= v <= 0.5 and key in ("duplicates", "eval_copies"):
             raise ConfigError(f"noise.yaml: '{key}' must be in [0, 0.5], got {v}")
