@@ -22,6 +22,9 @@ baselines plus the two reference subsets, ``oracle`` (the world's clean pairs: t
   std (ddof=1) of that per-seed difference (the seed-to-seed spread of the gap itself, not a
   standard error); a gap *holds* when it exceeds 2σ. With one seed there is no σ and only the
   sign is reported;
+* per teacher, the fraction of each world's pool at or above each of Table 16's CLIP-score
+  thresholds beside CommonPool's (``resources/published/table16.yaml``): the score scale is fitted
+  to two anchors, the other rows check the rest of the distribution;
 * the wall time of this invocation.
 
 Resumable: the work directory (default /tmp/datacomp-fidelity/<scale>) keeps every finished
@@ -115,6 +118,35 @@ def add_composition(rows: list[dict[str, Any]], seed_dirs: Sequence[Path]) -> No
             r["clean_recall"] = sum(c["clean_recall"] for c in comp) / len(comp)
 
 
+def score_checks(seed_dirs: Sequence[Path], thresholds: Sequence[Any]) -> list[dict[str, Any]]:
+    """Per Table 16 row: the fraction of each seed's pool whose teacher score is >= its threshold.
+
+    The world's score scale is fitted to two anchors per teacher; the other rows test whether the
+    whole distribution looks like OpenAI CLIP's on CommonPool. A pool without scores is skipped."""
+    import numpy as np
+
+    from datacomp.formats.pool import list_parquets, read_metadata
+
+    scores: list[dict[str, np.ndarray]] = []
+    for d in seed_dirs:
+        parquets = list_parquets(Path(d) / "pool") if (Path(d) / "pool" / "metadata").is_dir() else []
+        if not parquets:
+            continue
+        cols = {a: [] for a in ("b32", "l14")}
+        for p in parquets:
+            t = read_metadata(p, [f"clip_{a}_similarity_score" for a in cols])
+            for a in cols:
+                cols[a].append(t.column(f"clip_{a}_similarity_score").to_numpy(zero_copy_only=False))
+        scores.append({a: np.concatenate(v).astype(np.float64) for a, v in cols.items()})
+    out = []
+    for th in thresholds:
+        per = [float(np.mean(np.nan_to_num(s[th.arch], nan=-np.inf) >= th.threshold)) for s in scores]
+        if per:
+            out.append({"arch": th.arch, "threshold": th.threshold, "keep_paper": th.keep,
+                        "keep": sum(per) / len(per), "per_seed": per})
+    return out
+
+
 def rank_correlations(per_seed: dict[int, list[dict[str, Any]]], published: dict[str, dict[str, float]],
                       baselines: Sequence[str] = BASELINES) -> dict[str, dict[str, Any]]:
     """Per paper scale: Spearman's rho of the baselines' mean averages, and of each seed's, against the paper's."""
@@ -159,7 +191,7 @@ def _rank(v: float | None) -> str:
 
 
 def format_report(scale: str, seeds: Sequence[int], rows: list[dict[str, Any]], corr: dict[str, dict[str, Any]],
-                  gaps: list[dict[str, Any]], wall_s: float) -> str:
+                  gaps: list[dict[str, Any]], wall_s: float, checks: Sequence[dict[str, Any]] = ()) -> str:
     """The report as Markdown (printed, and appended to RESULTS.md by --record)."""
     lines = [f"Scale `{scale}`, seeds {','.join(map(str, seeds))}; average = mean of the world's 9 task scores; "
              "± = sample std over seeds (ddof=1); rank 1 = best.", ""]
@@ -189,6 +221,14 @@ def format_report(scale: str, seeds: Sequence[int], rows: list[dict[str, Any]], 
         two = _f(g["two_sigma"]) if g["two_sigma"] is not None else "n/a (1 seed: sign only)"
         lines.append(f"| {g['a']} < {g['b']} | {g['kind']} | {g['gap']:+.3f} | {two} | "
                      f"{g['positive_seeds']}/{g['seeds']} | {'yes' if g['holds'] else 'no'} |")
+    if checks:
+        lines += ["", "Teacher scores against Table 16 (fraction of the pool with a score ≥ the threshold; "
+                  "the fit's anchors: B/32 median 0.247 and LAION-2B's rule, L/14 0.243 and 0.129):", "",
+                  "| teacher | threshold | CommonPool keeps | world keeps | per seed |", "|---|---:|---:|---:|---|"]
+        for c in checks:
+            per = " / ".join(f"{100 * v:.1f}%" for v in c["per_seed"])
+            lines.append(f"| {c['arch'].upper().replace('B32', 'B/32').replace('L14', 'L/14')} | {c['threshold']:.3f} | "
+                         f"{100 * c['keep_paper']:.0f}% | {100 * c['keep']:.1f}% | {per} |")
     lines += ["", f"Wall time of this invocation: {wall_s:.0f} s (stages finished by earlier invocations are reused)."]
     return "\n".join(lines) + "\n"
 
@@ -233,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     from datacomp.config import load_scale
     from datacomp.errors import DatacompError
-    from datacomp.report.published import published_metric
+    from datacomp.report.published import load_score_thresholds, published_metric
     from datacomp.run import parse_seeds, run_seeds
 
     try:
@@ -253,9 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = fidelity_rows(res.per_seed, int(scale.pool_size), published)
     from datacomp.run import seed_dir
 
-    add_composition(rows, [seed_dir(workdir, s, len(seeds)) for s in seeds])
+    dirs = [seed_dir(workdir, s, len(seeds)) for s in seeds]
+    add_composition(rows, dirs)
     report = format_report(scale.name, seeds, rows, rank_correlations(res.per_seed, published),
-                           gap_checks(res.per_seed), wall)
+                           gap_checks(res.per_seed), wall, score_checks(dirs, load_score_thresholds()))
     print()
     print(report)
     print(f"work directory: {workdir} (tables: {res.paths['results_md']})")

@@ -94,3 +94,50 @@ def test_report_and_record(tmp_path):
     out = res.read_text()
     assert out.startswith("# Benchmark results\n\nold section\n\n## Fidelity")
     assert "2026-12-01 19:30 UTC" in out and "nproc" in out and "1.0/2.0/3.0 at the start" in out and text in out
+
+
+def _scored_pool(seed_dir: Path, b32: list[float], l14: list[float]) -> None:
+    import pyarrow as pa
+
+    from datacomp.formats.pool import POOL_SCHEMA, write_metadata
+
+    n = len(b32)
+    cols = {"uid": [f"{i:032x}" for i in range(n)], "url": [f"http://127.0.0.1/{i}" for i in range(n)],
+            "text": ["a dog"] * n, "original_width": [256] * n, "original_height": [256] * n,
+            "clip_b32_similarity_score": b32, "clip_l14_similarity_score": l14, "face_bboxes": [[]] * n,
+            "sha256": ["0" * 64] * n}
+    write_metadata(seed_dir / "pool" / "metadata" / "00000000.parquet", pa.table(cols, schema=POOL_SCHEMA))
+
+
+def test_score_checks_against_table16(tmp_path):
+    from datacomp.report.published import ScoreThreshold, load_score_thresholds
+
+    rows = load_score_thresholds()
+    assert {(r.arch, r.threshold, r.keep) for r in rows} >= {("b32", 0.281, 0.30), ("l14", 0.243, 0.30), ("l14", 0.129, 0.90)}
+    nan = float("nan")
+    _scored_pool(tmp_path / "seed-0", [0.30, 0.29, 0.20, 0.10, nan], [0.25, 0.25, 0.25, 0.1, 0.3])
+    _scored_pool(tmp_path / "seed-1", [0.30, 0.20, 0.20, 0.10, 0.10], [0.1] * 5)
+    (tmp_path / "seed-2").mkdir()  # a world whose pool is not there yet: skipped
+    th = [ScoreThreshold("b32", 0.281, 0.30), ScoreThreshold("l14", 0.243, 0.30)]
+    got = fid.score_checks([tmp_path / f"seed-{s}" for s in range(3)], th)
+    assert [c["per_seed"] for c in got] == [pytest.approx([0.4, 0.2]), pytest.approx([0.8, 0.0])]  # NaN never passes
+    assert got[0]["keep"] == pytest.approx(0.3) and got[0]["keep_paper"] == 0.30
+    text = fid.format_report("synth_test", [0, 1], [], {}, [], 1.0, got)
+    assert "| B/32 | 0.281 | 30% | 30.0% | 40.0% / 20.0% |" in text
+    assert "| L/14 | 0.243 | 30% | 40.0% | 80.0% / 0.0% |" in text
+    assert fid.score_checks([tmp_path / "seed-2"], th) == []
+
+
+def test_score_thresholds_file_errors_name_the_file(tmp_path):
+    from datacomp.errors import ConfigError
+    from datacomp.report.published import load_score_thresholds
+
+    bad = tmp_path / "t16.yaml"
+    bad.write_text("rows:\n  - {arch: b16, threshold: 0.3, keep: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"t16.yaml: row 1: 'arch' must be b32 or l14"):
+        load_score_thresholds(bad)
+    bad.write_text("rows:\n  - {arch: b32, threshold: 1.3, keep: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"t16.yaml: row 1: 'threshold' must be a number in \[0, 1\]"):
+        load_score_thresholds(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_score_thresholds(tmp_path / "missing.yaml")

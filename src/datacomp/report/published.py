@@ -132,3 +132,30 @@ def load_released(path: str | os.PathLike | None = None) -> list[ReleasedRow]:
             raise ConfigError(f"{where}: 'imagenet' must be a number in [0, 1], got {v!r}")
         out.append(ReleasedRow(**{f: r[f] for f in RELEASED_FIELDS[:4]}, imagenet=float(v)))
     return out
+
+
+# ---------------------------------------------------------------- score thresholds (Table 16)
+
+@dataclass(frozen=True)
+class ScoreThreshold:
+    arch: str        # b32 | l14: the clip_{arch}_similarity_score column
+    threshold: float
+    keep: float      # fraction of CommonPool small at or above the threshold
+
+
+def load_score_thresholds(path: str | os.PathLike | None = None) -> list[ScoreThreshold]:
+    """Table 16's threshold -> kept-fraction rows (``resources/published/table16.yaml``), checked."""
+    path = Path(path) if path is not None else resource_path("published", "table16.yaml")
+    out: list[ScoreThreshold] = []
+    for i, r in enumerate(_rows(path, "score-threshold"), 1):
+        where = f"{path}: row {i}"
+        if not isinstance(r, dict) or set(r) != {"arch", "threshold", "keep"}:
+            raise ConfigError(f"{where}: expected a mapping with exactly arch, threshold, keep")
+        if r["arch"] not in ("b32", "l14"):
+            raise ConfigError(f"{where}: 'arch' must be b32 or l14, got {r['arch']!r}")
+        for f in ("threshold", "keep"):
+            v = r[f]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise ConfigError(f"{where}: '{f}' must be a number in [0, 1], got {v!r}")
+        out.append(ScoreThreshold(r["arch"], float(r["threshold"]), float(r["keep"])))
+    return out
