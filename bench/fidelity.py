@@ -122,7 +122,8 @@ def score_checks(seed_dirs: Sequence[Path], thresholds: Sequence[Any]) -> list[d
     """Per Table 16 row: the fraction of each seed's pool whose teacher score is >= its threshold.
 
     The world's score scale is fitted to two anchors per teacher; the other rows test whether the
-    whole distribution looks like OpenAI CLIP's on CommonPool. A pool without scores is skipped."""
+    whole distribution looks like OpenAI CLIP's on CommonPool. A seed whose pool has no metadata yet is
+    skipped; a row without a score (NaN) never passes, as in the filters."""
     import numpy as np
 
     from datacomp.formats.pool import list_parquets, read_metadata
