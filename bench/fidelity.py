@@ -55,6 +55,7 @@ TABLE_SCALES = ("small", "medium")  # the paper's columns in the table (the issu
 GAPS = (("no_filter", "basic_filter", "ordering"), ("basic_filter", "clip_score_l14_30", "ordering"),
         ("random_basic", "basic_filter", "bracket"), ("clip_score_l14_30", "oracle", "bracket"))
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+TEACHER_NAMES = {"b32": "B/32", "l14": "L/14"}  # score column clip_{key}_similarity_score
 
 
 # ---- pure functions -----------------------------------------------------------------------------
@@ -133,7 +134,7 @@ def score_checks(seed_dirs: Sequence[Path], thresholds: Sequence[Any]) -> list[d
         parquets = list_parquets(Path(d) / "pool") if (Path(d) / "pool" / "metadata").is_dir() else []
         if not parquets:
             continue
-        cols = {a: [] for a in ("b32", "l14")}
+        cols = {a: [] for a in TEACHER_NAMES}
         for p in parquets:
             t = read_metadata(p, [f"clip_{a}_similarity_score" for a in cols])
             for a in cols:
@@ -228,7 +229,7 @@ def format_report(scale: str, seeds: Sequence[int], rows: list[dict[str, Any]], 
                   "| teacher | threshold | CommonPool keeps | world keeps | per seed |", "|---|---:|---:|---:|---|"]
         for c in checks:
             per = " / ".join(f"{100 * v:.1f}%" for v in c["per_seed"])
-            lines.append(f"| {c['arch'].upper().replace('B32', 'B/32').replace('L14', 'L/14')} | {c['threshold']:.3f} | "
+            lines.append(f"| {TEACHER_NAMES[c['arch']]} | {c['threshold']:.3f} | "
                          f"{100 * c['keep_paper']:.0f}% | {100 * c['keep']:.1f}% | {per} |")
     lines += ["", f"Wall time of this invocation: {wall_s:.0f} s (stages finished by earlier invocations are reused)."]
     return "\n".join(lines) + "\n"
