@@ -42,7 +42,9 @@ RECIPES = ["no_filter", "basic_filter", "clip_score_l14_30", "clip_score_b32_30"
 TRAINED = ["no_filter", "basic_filter", "clip_score_l14_30", "image_based"]
 SYNTH_TASKS = sorted(["synth/concepts", "synth/concepts_clutter", "synth/concepts_style", "synth/count",
                       "synth/position", "synth/size", "synth/concepts_groups", "synth/concepts_longtail",
-                      "synth/retrieval"])
+                      "synth/retrieval", "synth/concepts_v2", "synth/concepts_edge", "synth/concepts_pair",
+                      "synth/concepts_lowres", "synth/concepts_jpeg", "synth/concepts_object", "synth/concepts_small",
+                      "synth/concepts_crowd"])
 
 
 LOADERS: list[tuple[bool, int]] = []  # (in the main thread, num_workers) of each evaluation data loader the loop made

@@ -140,11 +140,17 @@ def test_registry_reference_tasks():
     assert isinstance(registry_version(), int)
 
 
+NEW_CONCEPT_TASKS = ("synth/concepts_v2", "synth/concepts_edge", "synth/concepts_pair", "synth/concepts_lowres", "synth/concepts_jpeg", "synth/concepts_object", "synth/concepts_small", "synth/concepts_crowd")
+
+
 def test_registry_synth_suite():
     synth = {t.key: t for t in load_tasks("synth")}
     assert set(synth) == {"synth/concepts", "synth/concepts_style", "synth/concepts_clutter",
                           "synth/count", "synth/position", "synth/size", "synth/concepts_groups",
-                          "synth/concepts_longtail", "synth/retrieval"}
+                          "synth/concepts_longtail", "synth/retrieval", *NEW_CONCEPT_TASKS}
+    # DataComp's composition: most tasks recognise concepts, three are structured, retrieval is one
+    kinds = [("concepts" in k) for k in synth]
+    assert sum(kinds) / len(kinds) > 0.7
     # every metric family of the real suite runs in the embedded one
     mains = {t.main_metric for t in synth.values()}
     assert {"acc1", "acc_wg", "mean_per_class_recall", "mean_recall@1"} <= mains
@@ -280,14 +286,15 @@ def test_aggregate_synth():
     vals = {"synth/concepts": 0.4, "synth/concepts_style": 0.2, "synth/concepts_clutter": 0.3,
             "synth/count": 0.5, "synth/position": 0.6, "synth/size": 0.7, "synth/concepts_groups": 0.15,
             "synth/concepts_longtail": 0.35, "synth/retrieval": 0.1}
+    vals.update({k: 0.45 for k in NEW_CONCEPT_TASKS})
     rows = [{"key": k, "dataset": get_task(k).name, "metrics": {"main_metric": v}} for k, v in vals.items()]
     agg = aggregate(rows)
     assert agg["suite"] == "synth" and agg["complete"]
     assert agg["imagenet"] == pytest.approx(0.4)
-    assert agg["dist_shift"] == pytest.approx(0.25)
+    assert agg["dist_shift"] == pytest.approx((0.2 + 0.3 + 0.45 + 0.45) / 4)  # style, clutter, v2, edge
     assert agg["retrieval"] == pytest.approx(0.1)
-    assert agg["other"] == pytest.approx(0.6)
-    assert agg["fairness"] == pytest.approx(0.15) and agg["vtab"] == pytest.approx(0.35)
+    assert agg["other"] == pytest.approx((0.5 + 0.6 + 0.7 + 4 * 0.45) / 7)  # count, position, size, pair, jpeg, small, crowd
+    assert agg["fairness"] == pytest.approx(0.15) and agg["vtab"] == pytest.approx((0.35 + 0.45 + 0.45) / 3)
     assert agg["average"] == pytest.approx(np.mean(list(vals.values())))
     assert aggregate(rows[:-1])["average"] is None
 
@@ -302,7 +309,7 @@ def test_check_evalsets_report(tmp_path):
     rep = check_evalsets(ev)
     assert [e["key"] for e in rep["present"]] == ["synth/concepts", "synth/retrieval"]
     assert set(rep["missing"]) == {"synth/concepts_style", "synth/concepts_clutter", "synth/count", "synth/position",
-                                   "synth/size", "synth/concepts_groups", "synth/concepts_longtail"}
+                                   "synth/size", "synth/concepts_groups", "synth/concepts_longtail", *NEW_CONCEPT_TASKS}
     assert rep["unknown_dirs"] == ["something-else"]
     concepts = rep["present"][0]
     assert concepts["size"] == 16 and concepts["classes"] == 6 and concepts["shards"] == 2

@@ -94,7 +94,7 @@ def test_bundle_of_a_synth_test_run(world, tmp_path, monkeypatch):
     assert rec["method_name"] == "red-only" and rec["track"] == "filtering" and rec["dataset_size"] == 200
     assert "Synth Concepts" in rec and "email" not in rec and rec["average"] is not None
     man = json.loads((out / "manifest.json").read_text())
-    assert man["package_version"] and man["counts"]["tasks"] == 9
+    assert man["package_version"] and man["counts"]["tasks"] == 17
     assert "contact.json" not in man["upload"] and json.loads((out / "contact.json").read_text())["email"] == "a@b.c"
     assert all(man["sha256"][f] == file_sha256(out / f) for f in man["upload"])
     again = submit(world["run"], world["subset"], out, method_name="red-only", author="A. Person", email="a@b.c",
@@ -124,7 +124,7 @@ def test_refusals_one_line_each(world, tmp_path):
     rows = (world["run"] / "eval_results.jsonl").read_text().splitlines()
     partial = tmp_path / "partial.jsonl"
     partial.write_text("\n".join(r for r in rows if '"synth/size"' not in r) + "\n")
-    _refused(world, tmp_path, r"1 of the 9 scored synth tasks have no result: synth/size$", results=partial)
+    _refused(world, tmp_path, r"1 of the 17 scored synth tasks have no result: synth/size$", results=partial)
     # a wrong scale config
     run = _copy_run(world, tmp_path, "scale")
     finish_as_train(run, "synth_test", lr=0.002)

@@ -446,3 +446,36 @@ def test_boilerplate_captions_are_english_without_imagenet21k_nouns(pool):
     assert all(len(c.split()) > 2 for c in caps)
     m = ConceptMatcher(None, "in21k")
     assert not any(m.first_offset_in(tok) for c in caps for tok in c.split())
+
+
+def test_concept_variant_tasks_pin_what_they_name():
+    from datacomp.pool.synth.evalsuite import TASK_BY_KEY, eval_item
+    from datacomp.pool.synth.render import decode
+
+    world, noise = load_world(18), load_noise()
+
+    def items(key, n=96):
+        return [eval_item(0, key, i, world, noise) for i in range(n)]
+
+    for key in ("synth/concepts_v2", "synth/concepts_edge", "synth/concepts_pair", "synth/concepts_lowres",
+                "synth/concepts_jpeg", "synth/concepts_object", "synth/concepts_small", "synth/concepts_crowd"):
+        got = items(key)
+        assert TASK_BY_KEY[key].classnames(world) == world.task_names
+        assert [it.label for it in got[:12]] == list(range(12))  # balanced, class k = task concept k
+        assert all(it.scene.concept == world.task_ids[it.label] for it in got)
+    assert {it.scene.count for it in items("synth/concepts_pair")} == {2}
+    assert {it.scene.count for it in items("synth/concepts_crowd")} == {3}
+    assert {(it.scene.count, it.scene.size) for it in items("synth/concepts_small")} == {(1, "small")}
+    assert {(it.scene.count, it.scene.size, it.scene.position, it.scene.background)
+            for it in items("synth/concepts_object")} == {(1, "large", "center", "plain")}
+    edge = items("synth/concepts_edge")
+    assert {it.scene.position for it in edge} == {"left", "right", "top", "bottom"}
+    typical = [it.scene.colour == world.concepts[it.scene.concept].colour for it in items("synth/concepts_v2", 600)]
+    main = [it.scene.colour == world.concepts[it.scene.concept].colour for it in items("synth/concepts", 600)]
+    assert abs(np.mean(typical) - 0.6) < 0.06 and abs(np.mean(main) - noise["concept_colour"]) < 0.06
+    # lowres: drawn at a third of the size and enlarged, so less fine detail; jpeg: fewer bytes
+    def detail(key):
+        return np.mean([np.abs(np.diff(np.asarray(decode(it.jpeg), dtype=float), axis=1)).mean() for it in items(key, 48)])
+    assert detail("synth/concepts_lowres") < 0.8 * detail("synth/concepts")
+    normal_bytes = np.mean([len(it.jpeg) for it in items("synth/concepts", 48)])
+    assert np.mean([len(it.jpeg) for it in items("synth/concepts_jpeg", 48)]) < 0.7 * normal_bytes

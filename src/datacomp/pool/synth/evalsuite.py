@@ -15,6 +15,20 @@ Task keys are fixed (other stages rely on them); a task's directory is its key w
                               per-class recall (the Caltech-101 / Flowers analogue)
 - ``synth/retrieval``         image-text retrieval: each image has 2-5 English captions (``{key}.txt``)
 
+Eight more concept tasks give the suite DataComp's composition (its 38 are 32 recognition tasks
+of objects and scenes under many distributions, 3 structured ones, 3 retrieval ones): without
+them count, position and size are a third of the average, four times their weight there.
+
+- ``synth/concepts_v2``        a second draw of the main task, objects in their typical colour less
+                              often (60 %, the pool's 80 %): ImageNet-V2's re-collection
+- ``synth/concepts_edge``      objects off-centre: left, right, top, bottom (ObjectNet's placements)
+- ``synth/concepts_pair``      two objects (VOC's and Dollar Street's scenes of several things)
+- ``synth/concepts_lowres``    drawn at 16 px and enlarged (CIFAR-10/100, STL-10, GTSRB)
+- ``synth/concepts_jpeg``      heavy JPEG compression, quality 12 (re-encoded web images)
+- ``synth/concepts_object``    one large centred object on a plain background (Pets, Cars, Food-101)
+- ``synth/concepts_small``     one small object (VOC's and iWildCam's small objects)
+- ``synth/concepts_crowd``     three objects (VOC 2007's multi-object scenes)
+
 The class texts of count and position are the exact phrases the pool's English captions use
 (captions.count_object_phrase and language.yaml ``positions``, also in the generic clause
 "two objects on the left"). Eval images come from their own seed stream ("eval:<task>"), 48x48.
@@ -96,6 +110,27 @@ def _groups(rng, idx: int, world: World, noise: dict[str, Any]):
     return scene, label, None, {"background": group}
 
 
+def _pinned(**pins: Any) -> Draw:
+    """A concept task whose scenes have fixed attributes (class ``idx % classes``)."""
+    def draw(rng, idx: int, world: World, noise: dict[str, Any]):
+        label = idx % len(world.task_ids)
+        return sample_scene(rng, world, noise, concept=world.task_ids[label], **pins), label, None, None
+    return draw
+
+
+V2_CONCEPT_COLOUR = 0.6  # synth/concepts_v2: share of objects in their concept's typical colour
+
+
+def _v2(rng, idx: int, world: World, noise: dict[str, Any]):
+    return _concepts(rng, idx, world, {**noise, "concept_colour": V2_CONCEPT_COLOUR})
+
+
+def _edge(rng, idx: int, world: World, noise: dict[str, Any]):
+    label = idx % len(world.task_ids)
+    position = POSITION_CLASSES[(idx // len(world.task_ids)) % len(POSITION_CLASSES)]
+    return sample_scene(rng, world, noise, concept=world.task_ids[label], position=position), label, None, None
+
+
 def _attribute(name: str, classes: list) -> Draw:
     """Classify one scene attribute (count, position, size): class ``idx % len(classes)``."""
     def draw(rng, idx: int, world: World, noise: dict[str, Any]):
@@ -125,6 +160,7 @@ class WorldTask:
     description: str  # for EVALSETS/README.md
     classnames: Callable[[World], list[str]] | None = None  # class texts (classification)
     templates: tuple[str, ...] | None = None
+    quality: int = 0  # JPEG quality of the test images; 0 = EVAL_QUALITY
 
     @property
     def task(self) -> Task:
@@ -160,6 +196,23 @@ TASKS: tuple[WorldTask, ...] = (
     WorldTask("synth/concepts_longtail", "normal", "eval_size", _longtail,
               "concept, long-tailed class frequencies; mean per-class recall", _concept_names, _C),
     WorldTask("synth/retrieval", "normal", "retrieval_size", _retrieval, "image-text retrieval"),
+    WorldTask("synth/concepts_v2", "normal", "eval_size", _v2,
+              "concept, a second draw with objects in their typical colour 60 % of the time", _concept_names, _C),
+    WorldTask("synth/concepts_edge", "normal", "eval_size", _edge,
+              "concept, objects off-centre (left, right, top, bottom)", _concept_names, _C),
+    WorldTask("synth/concepts_pair", "normal", "eval_size", _pinned(count=2), "concept, two objects",
+              _concept_names, _C),
+    WorldTask("synth/concepts_lowres", "lowres", "eval_size", _concepts, "concept, drawn at 16 px and enlarged",
+              _concept_names, _C),
+    WorldTask("synth/concepts_jpeg", "normal", "eval_size", _concepts, "concept, JPEG quality 12",
+              _concept_names, _C, quality=12),
+    WorldTask("synth/concepts_object", "normal", "eval_size",
+              _pinned(count=1, size="large", position="center", background="plain"),
+              "concept, one large centred object on a plain background", _concept_names, _C),
+    WorldTask("synth/concepts_small", "normal", "eval_size", _pinned(count=1, size="small"),
+              "concept, one small object", _concept_names, _C),
+    WorldTask("synth/concepts_crowd", "normal", "eval_size", _pinned(count=3), "concept, three objects",
+              _concept_names, _C),
 )
 TASK_BY_KEY = {t.key: t for t in TASKS}
 
@@ -182,7 +235,7 @@ def eval_item(seed: int, task_key: str, idx: int, world: World, noise: dict[str,
     rng = make_rng(seed, f"eval:{task_key}", idx)
     scene, label, captions, metadata = task.draw(rng, idx, world, noise)
     img = render_scene(scene, world, EVAL_SIZE, EVAL_SIZE, task.style)
-    return EvalItem(f"{idx:06d}", scene, encode_jpeg(img, EVAL_QUALITY), label, captions, metadata)
+    return EvalItem(f"{idx:06d}", scene, encode_jpeg(img, task.quality or EVAL_QUALITY), label, captions, metadata)
 
 
 def write_task(out: str, seed: int, n_concepts: int, task_key: str, n: int, noise: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,8 @@ contrasting colour (a dot, stripes, an outline, a satellite...). Shape and mark 
 at 4x, downsampled (anti-aliased) and cached per (shape, mark, pixel size), so a 48-px image costs
 a few hundred microseconds. Styles: ``normal`` (pool, curated, main eval set), ``style`` (an
 other-palette, texture-filled, softened rendering: a distribution shift), ``clutter`` (busy
-background plus distractor marks).
+background plus distractor marks), ``lowres`` (drawn at a third of the size and enlarged, as
+CIFAR's 32-px photos).
 """
 from __future__ import annotations
 
@@ -210,7 +211,13 @@ def _paste_objects(canvas: Image.Image, scene: Scene, world: World, boxes, rgb, 
             canvas.paste(mrgb, (x, y, x + mark.width, y + mark.height), mark)
 
 
+LOWRES = 3  # ``lowres``: drawn at 1/LOWRES of the size, then enlarged (bilinear)
+
+
 def render_scene(scene: Scene, world: World, W: int, H: int, style: str = "normal") -> Image.Image:
+    if style == "lowres":
+        small = render_scene(scene, world, max(8, W // LOWRES), max(8, H // LOWRES))
+        return small.resize((W, H), Image.BILINEAR)
     rng = random.Random(scene.jitter)
     if style == "clutter":
         canvas = background(scene, world, W, H, rng, kind="noise")
