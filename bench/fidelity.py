@@ -195,7 +195,10 @@ def _rank(v: float | None) -> str:
 def format_report(scale: str, seeds: Sequence[int], rows: list[dict[str, Any]], corr: dict[str, dict[str, Any]],
                   gaps: list[dict[str, Any]], wall_s: float, checks: Sequence[dict[str, Any]] = ()) -> str:
     """The report as Markdown (printed, and appended to RESULTS.md by --record)."""
-    lines = [f"Scale `{scale}`, seeds {','.join(map(str, seeds))}; average = mean of the world's 9 task scores; "
+    from datacomp.evaluate.registry import load_tasks
+
+    n_tasks = sum(t.main_metric is not None for t in load_tasks("synth"))
+    lines = [f"Scale `{scale}`, seeds {','.join(map(str, seeds))}; average = mean of the world's {n_tasks} task scores; "
              "± = sample std over seeds (ddof=1); rank 1 = best.", ""]
     head = ["recipe", "seeds", "keep", "clean share", "clean recall", "average", "rank"]
     shown = [s for s in corr if s in TABLE_SCALES]
