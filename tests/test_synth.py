@@ -343,6 +343,19 @@ def test_reuse_conflict_and_overwrite(tmp_path):
     assert m3.params["seed"] == 1 and read_manifest(out).params["seed"] == 1
 
 
+def test_pool_of_an_older_suite_is_not_reused(tmp_path, monkeypatch):
+    """A pool whose eval sets lack a task the suite now has (made by an older version) conflicts
+    instead of being reused, so no run silently lacks a task's scores."""
+    import datacomp.pool.synth as synth_pkg
+
+    out = tmp_path / "pool"
+    monkeypatch.setattr(synth_pkg, "TASKS", synth_pkg.TASKS[:-1])
+    synthesize(out, mini_scale(), seed=0, workers=1)
+    monkeypatch.undo()
+    with pytest.raises(StageConflictError):
+        synthesize(out, mini_scale(), seed=0, workers=1)
+
+
 def test_overwrite_builds_beside_the_old_pool(tmp_path, monkeypatch):
     """--overwrite writes the new world beside the old one and swaps it in when complete: a failed
     overwrite leaves the old pool byte for byte; other stages' files in the pool stay."""

@@ -66,7 +66,8 @@ def synthesize(out: Path, scale: Scale, seed: int = 0, workers: int = 2, overwri
     load_world(world_cfg["concepts"])  # validates the concept count early
     noise = json.loads(json.dumps(load_noise()))  # plain JSON types: what workers and the manifest see
     params = {"scale": scale.name, "seed": int(seed), "pool_size": int(scale.pool_size), "world": world_cfg,
-              "noise": noise, "data_digest": data_digest()}
+              "noise": noise, "data_digest": data_digest(),
+              "tasks": [t.key for t in TASKS]}  # a pool whose eval sets lack a task of the suite is not reused
     life = StageOutput(STAGE, out, params, overwrite=overwrite, owned=OUTPUT_DIRS, replace="swap")
     existing = life.begin()  # other params on a finished or unfinished output: StageConflictError
     if existing is not None:
