@@ -22,6 +22,9 @@ baselines plus the two reference subsets, ``oracle`` (the world's clean pairs: t
   std (ddof=1) of that per-seed difference (the seed-to-seed spread of the gap itself, not a
   standard error); a gap *holds* when it exceeds 2σ. With one seed there is no σ and only the
   sign is reported;
+* when ``english_only`` / ``english_caption_length`` ran too (``--recipes``), what basic_filter's
+  rules are worth on the world (its average minus theirs, paired over seeds) beside the paper's
+  (Tables 3, 25-27: on CommonPool the image rules are worth about nothing);
 * per teacher, the fraction of each world's pool at or above each of Table 16's CLIP-score
   thresholds beside CommonPool's (``resources/published/table16.yaml``): the score scale is fitted
   to two anchors, the other rows check the rest of the distribution;
@@ -56,6 +59,10 @@ GAPS = (("no_filter", "basic_filter", "ordering"), ("basic_filter", "clip_score_
         ("random_basic", "basic_filter", "bracket"), ("clip_score_l14_30", "oracle", "bracket"))
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 TEACHER_NAMES = {"b32": "B/32", "l14": "L/14"}  # score column clip_{key}_similarity_score
+# What basic_filter's rules are worth (paper Tables 25-27): basic_filter against itself without its
+# image rules, and without its caption-length rules too. Reported when both recipes of a pair ran.
+RULE_PAIRS = (("english_caption_length", "basic_filter", "image size + aspect"),
+              ("english_only", "basic_filter", "caption length + image size + aspect"))
 
 
 # ---- pure functions -----------------------------------------------------------------------------
@@ -184,6 +191,24 @@ def gap_checks(per_seed: dict[int, list[dict[str, Any]]], pairs=GAPS) -> list[di
     return out
 
 
+def rule_checks(per_seed: dict[int, list[dict[str, Any]]], published: dict[str, dict[str, float]],
+                pairs=RULE_PAIRS) -> list[dict[str, Any]]:
+    """For each (without, with, rules) pair that ran in every seed: the world's mean paired gap
+    ``average(with) - average(without)`` with its seed σ, beside the paper's gap at each scale that
+    publishes both recipes (None where it does not)."""
+    avgs = seed_averages(per_seed)
+    out = []
+    for lo, hi, rules in pairs:
+        seeds = [s for s in per_seed if s in avgs.get(lo, {}) and s in avgs.get(hi, {})]
+        if not seeds or len(seeds) < len(per_seed):
+            continue
+        d = [avgs[hi][s] - avgs[lo][s] for s in seeds]
+        out.append({"without": lo, "with": hi, "rules": rules, "seeds": len(d), "gap": sum(d) / len(d),
+                    "sigma": _std(d),
+                    "paper": {sc: (t[hi] - t[lo] if lo in t and hi in t else None) for sc, t in published.items()}})
+    return out
+
+
 def _f(v: float | None, fmt: str = ".3f") -> str:
     return "-" if v is None else format(v, fmt)
 
@@ -193,7 +218,8 @@ def _rank(v: float | None) -> str:
 
 
 def format_report(scale: str, seeds: Sequence[int], rows: list[dict[str, Any]], corr: dict[str, dict[str, Any]],
-                  gaps: list[dict[str, Any]], wall_s: float, checks: Sequence[dict[str, Any]] = ()) -> str:
+                  gaps: list[dict[str, Any]], wall_s: float, checks: Sequence[dict[str, Any]] = (),
+                  rules: Sequence[dict[str, Any]] = ()) -> str:
     """The report as Markdown (printed, and appended to RESULTS.md by --record)."""
     from datacomp.evaluate.registry import load_tasks
 
@@ -226,6 +252,15 @@ def format_report(scale: str, seeds: Sequence[int], rows: list[dict[str, Any]], 
         two = _f(g["two_sigma"]) if g["two_sigma"] is not None else "n/a (1 seed: sign only)"
         lines.append(f"| {g['a']} < {g['b']} | {g['kind']} | {g['gap']:+.3f} | {two} | "
                      f"{g['positive_seeds']}/{g['seeds']} | {'yes' if g['holds'] else 'no'} |")
+    if rules:
+        lines += ["", "What basic_filter's rules are worth (its average minus that of basic_filter without them; "
+                  "the paper's from Tables 3 and 25-27, '-' where a scale lacks a row):", "",
+                  "| rules | world gap ± σ | " + " | ".join(f"paper {s}" for s in TABLE_SCALES) + " |",
+                  "|---|---:|" + "---:|" * len(TABLE_SCALES)]
+        for r in rules:
+            sig = "" if r["sigma"] is None else f" ± {r['sigma']:.3f}"
+            paper = " | ".join("-" if r["paper"].get(s) is None else f"{r['paper'][s]:+.3f}" for s in TABLE_SCALES)
+            lines.append(f"| {r['rules']} ({r['without']} → {r['with']}) | {r['gap']:+.3f}{sig} | {paper} |")
     if checks:
         lines += ["", "Teacher scores against Table 16 (fraction of the pool with a score ≥ the threshold; "
                   "the fit's anchors: B/32 median 0.247 and LAION-2B's rule, L/14 0.243 and 0.129):", "",
@@ -301,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     dirs = [seed_dir(workdir, s, len(seeds)) for s in seeds]
     add_composition(rows, dirs)
     report = format_report(scale.name, seeds, rows, rank_correlations(res.per_seed, published),
-                           gap_checks(res.per_seed), wall, score_checks(dirs, load_score_thresholds()))
+                           gap_checks(res.per_seed), wall, score_checks(dirs, load_score_thresholds()),
+                           rule_checks(res.per_seed, published))
     print()
     print(report)
     print(f"work directory: {workdir} (tables: {res.paths['results_md']})")

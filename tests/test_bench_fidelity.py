@@ -79,6 +79,29 @@ def test_gaps_paired_over_seeds():
     assert fid.gap_checks({0: _rows({"no_filter": 0.1})}) == []
 
 
+def test_rule_checks_pair_over_seeds_and_beside_the_paper():
+    per = {s: _rows({"english_only": 0.10 + s / 100, "basic_filter": 0.15 + s / 50, "english_caption_length": 0.12})
+           for s in (0, 1, 2)}
+    paper = {"small": {"english_only": 0.154, "basic_filter": 0.142},
+             "medium": {"english_only": 0.285, "basic_filter": 0.285, "english_caption_length": 0.285}}
+    by = {r["without"]: r for r in fid.rule_checks(per, paper)}
+    r = by["english_only"]  # gaps 0.05, 0.06, 0.07
+    assert r["with"] == "basic_filter" and r["seeds"] == 3
+    assert r["gap"] == pytest.approx(0.06) and r["sigma"] == pytest.approx(0.01)
+    assert r["paper"]["small"] == pytest.approx(-0.012) and r["paper"]["medium"] == pytest.approx(0.0)
+    assert by["english_caption_length"]["paper"]["small"] is None  # small publishes no such row
+    assert by["english_caption_length"]["gap"] == pytest.approx(0.05)
+    text = fid.format_report("synth_test", [0, 1, 2], fid.fidelity_rows(per, 1000, paper), {}, [], 1.0,
+                             rules=list(by.values()))
+    assert "| caption length + image size + aspect (english_only → basic_filter) | +0.060 ± 0.010 | -0.012 | +0.000 |" in text
+    assert "| image size + aspect (english_caption_length → basic_filter) | +0.050 ± 0.020 | - | +0.000 |" in text
+    # a pair missing from a seed is not reported, nor are pairs with nothing run
+    per[2] = _rows({"basic_filter": 0.2})
+    assert fid.rule_checks(per, paper) == []
+    assert "rules are worth" not in fid.format_report("synth_test", [0], fid.fidelity_rows({0: per[0]}, 1000, paper),
+                                                      {}, [], 1.0)
+
+
 def test_report_and_record(tmp_path):
     rows = fid.fidelity_rows(PER_SEED, 1000, PAPER)
     rows[0]["clean_share"], rows[0]["clean_recall"] = 0.54, 0.98  # from the truth, where a world has it

@@ -182,6 +182,24 @@ def test_basic_filter(pool: Path, tmp_path: Path):
     assert by[("big red dog", 600, 200)] in kept and by[("big red dog", 601, 200)] not in kept  # aspect 3.0 kept
 
 
+@pytest.mark.parametrize("recipe, caption_rules", [("english_only", False), ("english_caption_length", True)])
+def test_english_rows_of_table26(pool: Path, tmp_path: Path, recipe: str, caption_rules: bool):
+    """The paper's "English (fasttext) only" and "English + caption length" rows: basic_filter's
+    language rule, with and without its caption-length rules, never an image rule."""
+    rows = _rows(pool)
+    keep = [u for u, t in zip(rows["uid"], rows["text"])
+            if _fasttext_en(t) and (not caption_rules or (len(t.split()) > 2 and len(t) > 5))]
+    out = tmp_path / f"{recipe}.npy"
+    run_filter(pool, recipe, out, workers=1)
+    _same(out, _subset(keep))
+    by = {(t, w, h): u for u, t, w, h in zip(rows["uid"], rows["text"], rows["original_width"], rows["original_height"])}
+    assert by[("big red dog", 199, 400)] in keep and by[("big red dog", 1000, 333)] in keep  # sizes never matter
+    assert (by[("red dog", 200, 200)] in keep) == (not caption_rules or not _fasttext_en("red dog"))
+    basic = tmp_path / "basic.npy"
+    run_filter(pool, "basic_filter", basic, workers=1)
+    assert set(map(tuple, np.asarray(read_subset(basic)).tolist())) <= set(map(tuple, np.asarray(read_subset(out)).tolist()))
+
+
 @pytest.mark.parametrize("arch", ["b32", "l14"])
 @pytest.mark.parametrize("fraction", [0.3, 0.25, 0.1])
 def test_clip_score_fraction(pool: Path, tmp_path: Path, arch: str, fraction: float):

@@ -111,7 +111,11 @@ def test_published_table3_values():
     assert medium["image_based_clip_score_l14_30"] == 0.328 and medium["clip_score_b32_30"] == 0.338
     baselines = {"no_filter", "basic_filter", "text_based", "image_based", "laion2b", "clip_score_b32_30",
                  "clip_score_l14_30", "image_based_clip_score_l14_30"}
-    assert set(small) == set(medium) == baselines
+    extra = {"english_only", "english_caption_length"}  # Tables 25-27 rows, beside basic_filter
+    assert set(small) == baselines | {"english_only"} and set(medium) == baselines | extra
+    assert small["english_only"] == 0.154 and medium["english_caption_length"] == 0.285
+    from datacomp.filters.recipe import recipe_names
+    assert {r.recipe for r in rows} <= set(recipe_names())  # every published row names a shipped recipe
     r = next(r for r in rows if r.scale == "medium" and r.recipe == "basic_filter")
     assert (r.dataset_size, r.imagenet, r.imagenet_dist_shifts, r.vtab, r.retrieval, r.table) == (30_000_000, 0.226, 0.193, 0.284, 0.251, "3")
     assert next(r for r in rows if r.scale == "small" and r.recipe == "clip_score_b32_30").table == "25"
