@@ -193,18 +193,16 @@ def gap_checks(per_seed: dict[int, list[dict[str, Any]]], pairs=GAPS) -> list[di
 
 def rule_checks(per_seed: dict[int, list[dict[str, Any]]], published: dict[str, dict[str, float]],
                 pairs=RULE_PAIRS) -> list[dict[str, Any]]:
-    """For each (without, with, rules) pair that ran in every seed: the world's mean paired gap
-    ``average(with) - average(without)`` with its seed σ, beside the paper's gap at each scale that
-    publishes both recipes (None where it does not)."""
-    avgs = seed_averages(per_seed)
+    """For each (without, with, rules) pair that ran in every seed: the world's paired gap
+    ``average(with) - average(without)`` and its seed σ (:func:`gap_checks`), beside the paper's gap
+    at each scale that publishes both recipes (None where it does not)."""
     out = []
-    for lo, hi, rules in pairs:
-        seeds = [s for s in per_seed if s in avgs.get(lo, {}) and s in avgs.get(hi, {})]
-        if not seeds or len(seeds) < len(per_seed):
+    for g in gap_checks(per_seed, pairs):
+        if g["seeds"] < len(per_seed):
             continue
-        d = [avgs[hi][s] - avgs[lo][s] for s in seeds]
-        out.append({"without": lo, "with": hi, "rules": rules, "seeds": len(d), "gap": sum(d) / len(d),
-                    "sigma": _std(d),
+        lo, hi = g["a"], g["b"]
+        out.append({"without": lo, "with": hi, "rules": g["kind"], "seeds": g["seeds"], "gap": g["gap"],
+                    "sigma": g["sigma"],
                     "paper": {sc: (t[hi] - t[lo] if lo in t and hi in t else None) for sc, t in published.items()}})
     return out
 
