@@ -159,10 +159,15 @@ def test_image_sizes_follow_kinds(pool):
     assert (mn[(truth.image_kind == "tiny").values] < 200).all()
     assert (mx / mn)[(truth.image_kind == "banner").values].min() > 3
     tiny = (truth.image_kind == "tiny").values
-    # small images are stored at the smallest normal image's scale (200 px -> 40 px): 24-199 -> 5-40
+    # small images are stored at 40 px * (original / 200 px) ** tiny_stored_power: 24-199 -> 14-40
+    power = load_noise()["tiny_stored_power"]
+    assert power == 0.5
     stored = np.minimum(truth.width, truth.height)[tiny]
-    assert stored.between(5, 40).all() and stored.max() > 30 and stored.min() < 10
-    assert (abs(stored - np.maximum(5, mn[tiny] * 40 / 200)) <= 1).all()
+    assert stored.between(14, 40).all() and stored.max() > 35 and stored.min() < 18
+    assert (abs(stored - np.maximum(5, 40 * (mn[tiny] / 200) ** power)) <= 1).all()
+    # a 100 px original keeps 28 px of detail, not the 20 px a linear scale would give
+    half = tiny & mn.between(95, 105).values
+    assert half.any() and np.minimum(truth.width, truth.height)[half].between(27, 30).all()
     assert truth.width[normal].between(32, 72).all()
 
 
@@ -413,6 +418,16 @@ def test_objects_mostly_have_their_concepts_typical_colour(pool):
     assert 2 <= len(web_colours) < len(world.colours)
     assert set(tr.colour[web]) == web_colours
     assert not set(tr.colour[~web]) & web_colours
+
+
+@pytest.mark.parametrize("value", [0, -0.5, 3, True, "half"])
+def test_noise_rejects_a_bad_tiny_stored_power(value):
+    from datacomp.pool.synth.world import validate_noise
+
+    cfg = load_noise()
+    cfg["tiny_stored_power"] = value
+    with pytest.raises(ConfigError, match=re.escape("noise.yaml: 'tiny_stored_power' must be a number in (0, 2]")):
+        validate_noise(cfg)
 
 
 @pytest.mark.parametrize("edit, message", [

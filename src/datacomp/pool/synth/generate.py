@@ -102,15 +102,18 @@ def normal_geometry(rng) -> tuple[tuple[int, int], tuple[int, int]]:
     return (sw, sh), (ow, oh)
 
 
-def tiny_geometry(rng) -> tuple[tuple[int, int], tuple[int, int]]:
-    """((stored w, h), (original w, h)) of a small web image: min side 24-199 px, stored at the
-    scale of the smallest normal image (200 px -> 40 px), so a 150 px image keeps most of what a
-    200 px one shows and a 30 px thumbnail almost nothing — small web images are informative, as
-    on CommonPool, where basic_filter's size rule drops usable pairs."""
+def tiny_geometry(rng, power: float = 1.0) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((stored w, h), (original w, h)) of a small web image: min side 24-199 px, stored at
+    ``40 px * (original / 200 px) ** power`` (power 1: the smallest normal image's scale, 200 px ->
+    40 px; ``noise['tiny_stored_power']`` = 0.5 ships: a 100 px original is stored at 28 px, a 30 px
+    thumbnail at 15), so a 150 px image keeps most of what a 200 px one shows and a thumbnail little
+    — small web images are informative, as on CommonPool, where basic_filter's size rule drops
+    usable pairs and costs nothing (Tables 3 / 26)."""
     o_min = rng.randint(24, 199)
     aspect = math.exp(rng.uniform(math.log(0.8), math.log(1.25)))
     ow, oh = _aspect_sides(o_min, aspect)
-    sw, sh = _aspect_sides(max(5, round(NORMAL_STORED_MIN * o_min / NORMAL_ORIGINAL_MIN)), ow / oh)
+    s_min = max(5, round(NORMAL_STORED_MIN * (o_min / NORMAL_ORIGINAL_MIN) ** power))
+    sw, sh = _aspect_sides(s_min, ow / oh)
     return (sw, sh), (ow, oh)
 
 
@@ -149,7 +152,7 @@ def _fresh_row(ctx: Context, i: int) -> Row:
         (w, h), orig = normal_geometry(rs)
         img = render_scene(scene, world, w, h)
     elif ik == "tiny":
-        (w, h), orig = tiny_geometry(rs)
+        (w, h), orig = tiny_geometry(rs, float(noise.get("tiny_stored_power", 1.0)))
         img = render_scene(scene, world, w, h)
     elif ik == "banner":
         (w, h), orig = banner_geometry(rs)

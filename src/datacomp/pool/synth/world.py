@@ -140,6 +140,9 @@ def validate_noise(cfg: dict[str, Any]) -> None:
     v = cfg.get("boilerplate_web_only", 0.0)  # optional: 0 = boilerplate on any concept's image
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
         raise ConfigError(f"noise.yaml: 'boilerplate_web_only' must be a number in [0, 1], got {v!r}")
+    v = cfg.get("tiny_stored_power", 1.0)  # optional: 1 = linear in the original's size
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 2:
+        raise ConfigError(f"noise.yaml: 'tiny_stored_power' must be a number in (0, 2], got {v!r}")
 
 
 def data_digest() -> str:
