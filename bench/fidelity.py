@@ -33,9 +33,9 @@ baselines plus the two reference subsets, ``oracle`` (the world's clean pairs: t
 Resumable: the work directory (default /tmp/datacomp-fidelity/<scale>) keeps every finished
 stage, so a re-run after a kill, or with more seeds, computes only what is missing. ``--record``
 appends a dated section (machine: nproc, load average, Python) to bench/RESULTS.md.
-The full default run (synth_demo, 3 seeds, 10 recipes) takes ~39 minutes (estimated) on a quiet 2-core machine with
-the default ``--jobs`` (two trainings at once; ~62 minutes one at a time); with ``english_only`` and
-``english_caption_length`` added, 2,562 s (2026-12-06).
+Measured on a quiet 2-core machine with the default ``--jobs`` (two trainings at once): 2,562 s for
+synth_demo, 3 seeds and 12 recipes (the default 10 plus ``english_only`` and
+``english_caption_length``; bench/RESULTS.md, 2026-12-06); the default 10 take less.
 """
 from __future__ import annotations
 
