@@ -33,9 +33,10 @@ baselines plus the two reference subsets, ``oracle`` (the world's clean pairs: t
 Resumable: the work directory (default /tmp/datacomp-fidelity/<scale>) keeps every finished
 stage, so a re-run after a kill, or with more seeds, computes only what is missing. ``--record``
 appends a dated section (machine: nproc, load average, Python) to bench/RESULTS.md.
-Measured on a quiet 2-core machine with the default ``--jobs`` (two trainings at once): 2,562 s for
-synth_demo, 3 seeds and 12 recipes (the default 10 plus ``english_only`` and
-``english_caption_length``; bench/RESULTS.md, 2026-12-06); the default 10 take less.
+Measured on the 2-core machine with the default ``--jobs`` (two trainings at once), synth_demo and
+3 seeds: 1,852 s for the default 10 recipes, 280 s more for ``english_only`` and
+``english_caption_length`` (bench/RESULTS.md, 2026-12-06, student at batch 128; 2,562 s for all 12
+at batch 64).
 """
 from __future__ import annotations
 
